@@ -1,0 +1,10 @@
+//! The IX dataplane: packet buffers in shared memory, NIC queue pairs, a
+//! TCP/IP stack, and the run-to-completion elastic thread that ties them to
+//! an application's event handlers.
+//!
+//! See `docs/ARCHITECTURE.md` at the repository root for the data path.
+
+pub mod buf;
+pub mod mem;
+pub mod nic;
+pub mod rss;
