@@ -6,5 +6,9 @@
 
 pub mod buf;
 pub mod mem;
+pub mod net;
 pub mod nic;
 pub mod rss;
+pub mod time;
+pub mod txbuf;
+pub mod wire;

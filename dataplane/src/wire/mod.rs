@@ -1,0 +1,6 @@
+//! Packet views and representations, smoltcp style: a `Packet<T>` view over
+//! bytes with `new_checked` (after which no accessor panics), field
+//! accessors and setters, and a validated `Repr` that parses from and emits
+//! into a view.
+
+pub mod checksum;
