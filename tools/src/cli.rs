@@ -1,0 +1,347 @@
+//! `ixctl`'s command line: clap parses the words, [`parse`] validates them in
+//! one place into a plain [`Command`] that the rest of the program runs.
+//!
+//! Exit status (documented in `--help`): 0 success, 1 runtime failure
+//! (including a benchmarked system that could not run), 2 usage error.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::bench::EchoParams;
+
+/// Exit status of a run that failed at run time.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status of a command line that could not be parsed or validated.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Longest measured duration accepted, seconds.
+pub const MAX_DURATION_SECS: f64 = 3600.0;
+/// Longest warm-up accepted, seconds.
+pub const MAX_WARMUP_SECS: f64 = 600.0;
+/// Most connections accepted (each needs two file descriptors).
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Largest message accepted, bytes.
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+const AFTER_HELP: &str = "\
+Examples:
+  ixctl bench echo
+      ix and linux side by side: 16 connections, 64-byte messages, 5 s
+  ixctl bench echo --system linux --connections 1 --duration 10 --json
+      the Linux baseline alone, one connection, as JSON
+
+Exit status: 0 success, 1 runtime failure (including a system that could not
+run; the report still shows the others), 2 usage error.
+Log level: RUST_LOG=debug|info|warn (default warn).";
+
+/// `ixctl` — the IX control and benchmark tool.
+#[derive(Debug, Parser)]
+#[command(name = "ixctl", version, about, after_help = AFTER_HELP)]
+struct Args {
+    #[command(subcommand)]
+    command: TopCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopCommand {
+    /// Benchmark our dataplane against the Linux kernel on the same workload.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Closed-loop TCP echo over loopback: RPC/s and round-trip percentiles
+    /// per system, and the ratio to Linux.
+    #[command(after_help = AFTER_HELP)]
+    Echo(EchoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EchoArgs {
+    /// Measured time, seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    duration: f64,
+    /// Time run before measuring starts, seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    warmup: f64,
+    /// Concurrent connections, each with one request in flight.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    connections: usize,
+    /// Bytes per request (and per echo).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    message_size: usize,
+    /// Print a JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Systems to run, in report order; repeat or separate with commas
+    /// [default: ix,linux].
+    #[arg(long = "system", value_name = "SYSTEM", value_enum, value_delimiter = ',')]
+    systems: Vec<System>,
+}
+
+/// A system a benchmark can run on; its name is the report row and JSON key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum System {
+    /// Our dataplane (libix echo apps over memif).
+    Ix,
+    /// The Linux kernel's TCP over loopback.
+    Linux,
+}
+
+impl System {
+    /// The row name and JSON key.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Ix => "ix",
+            System::Linux => "linux",
+        }
+    }
+}
+
+/// A validated command, ready to run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// `ixctl bench echo`.
+    BenchEcho(BenchEcho),
+}
+
+/// What `ixctl bench echo` runs and how it reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchEcho {
+    /// The benchmark's parameters, the same for every system.
+    pub params: EchoParams,
+    /// Systems to run, in report order, without duplicates.
+    pub systems: Vec<System>,
+    /// JSON output instead of the table.
+    pub json: bool,
+}
+
+/// Why the command line was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// clap could not parse the words, or help/version was asked for (see
+    /// [`UsageError::is_help`]).
+    #[error("{}", first_line(.0))]
+    Parse(#[from] clap::Error),
+    /// A duration is not a number of seconds in the accepted range.
+    #[error("--{flag} must be between {min} and {max} seconds, got {value}")]
+    Seconds {
+        /// The option, without dashes.
+        flag: &'static str,
+        /// What was given.
+        value: f64,
+        /// Smallest accepted.
+        min: f64,
+        /// Largest accepted.
+        max: f64,
+    },
+    /// A count is outside the accepted range.
+    #[error("--{flag} must be between {min} and {max}, got {value}")]
+    Count {
+        /// The option, without dashes.
+        flag: &'static str,
+        /// What was given.
+        value: usize,
+        /// Smallest accepted.
+        min: usize,
+        /// Largest accepted.
+        max: usize,
+    },
+}
+
+impl UsageError {
+    /// True when the user asked for help or the version: print
+    /// [`UsageError::full_text`] to stdout and exit 0.
+    pub fn is_help(&self) -> bool {
+        matches!(self, UsageError::Parse(err) if matches!(
+            err.kind(),
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+        ))
+    }
+
+    /// True when clap shows help because a subcommand is missing: print
+    /// [`UsageError::full_text`] to stderr and exit with [`EXIT_USAGE`].
+    pub fn is_missing_subcommand(&self) -> bool {
+        matches!(self, UsageError::Parse(err) if err.kind()
+            == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
+    }
+
+    /// The complete text clap would print (help, version or error with usage).
+    pub fn full_text(&self) -> String {
+        match self {
+            UsageError::Parse(err) => err.render().to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The first line of a clap error without its `error: ` prefix, plus a
+/// pointer to `--help`: usage errors are printed on one line.
+fn first_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let line = text.lines().next().unwrap_or_default();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    format!("{line} (try 'ixctl --help')")
+}
+
+/// Parses and validates `ixctl`'s arguments (the first item is the program
+/// name).
+pub fn parse<I, T>(args: I) -> Result<Command, UsageError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = Args::try_parse_from(args)?;
+    match args.command {
+        TopCommand::Bench(BenchCommand::Echo(echo)) => Ok(Command::BenchEcho(validate_echo(echo)?)),
+    }
+}
+
+/// The one place `bench echo` options are checked and turned into values.
+fn validate_echo(args: EchoArgs) -> Result<BenchEcho, UsageError> {
+    let duration = seconds("duration", args.duration, 0.001, MAX_DURATION_SECS)?;
+    let warmup = seconds("warmup", args.warmup, 0.0, MAX_WARMUP_SECS)?;
+    let connections = count("connections", args.connections, 1, MAX_CONNECTIONS)?;
+    let message_size = count("message-size", args.message_size, 1, MAX_MESSAGE_SIZE)?;
+    let mut systems: Vec<System> = Vec::new();
+    for system in args.systems {
+        if !systems.contains(&system) {
+            systems.push(system);
+        }
+    }
+    if systems.is_empty() {
+        systems = vec![System::Ix, System::Linux];
+    }
+    Ok(BenchEcho {
+        params: EchoParams {
+            duration,
+            warmup,
+            connections,
+            message_size,
+            ..EchoParams::default()
+        },
+        systems,
+        json: args.json,
+    })
+}
+
+fn seconds(flag: &'static str, value: f64, min: f64, max: f64) -> Result<Duration, UsageError> {
+    // NaN fails both comparisons' negation: `!(NaN >= min)` is true.
+    if !(value >= min && value <= max) {
+        return Err(UsageError::Seconds { flag, value, min, max });
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn count(flag: &'static str, value: usize, min: usize, max: usize) -> Result<usize, UsageError> {
+    if !(min..=max).contains(&value) {
+        return Err(UsageError::Count { flag, value, min, max });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo(args: &[&str]) -> Result<BenchEcho, UsageError> {
+        let argv = ["ixctl", "bench", "echo"].iter().chain(args);
+        parse(argv.copied()).map(|Command::BenchEcho(echo)| echo)
+    }
+
+    fn message(args: &[&str]) -> String {
+        echo(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bench_echo_defaults_match_the_documented_ones() {
+        let e = echo(&[]).unwrap();
+        assert_eq!(e.params.duration, Duration::from_secs(5));
+        assert_eq!(e.params.warmup, Duration::from_secs(1));
+        assert_eq!(e.params.connections, 16);
+        assert_eq!(e.params.message_size, 64);
+        assert_eq!((e.params.server_core, e.params.client_core), (0, 1));
+        assert_eq!(e.systems, [System::Ix, System::Linux]);
+        assert!(!e.json);
+    }
+
+    #[test]
+    fn bench_echo_takes_every_option() {
+        let e = echo(&[
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--connections",
+            "1",
+            "--message-size",
+            "1024",
+            "--json",
+            "--system",
+            "linux",
+        ])
+        .unwrap();
+        assert_eq!(e.params.duration, Duration::from_millis(500));
+        assert_eq!(e.params.warmup, Duration::ZERO);
+        assert_eq!((e.params.connections, e.params.message_size), (1, 1024));
+        assert_eq!(e.systems, [System::Linux]);
+        assert!(e.json);
+    }
+
+    #[test]
+    fn systems_keep_order_and_drop_duplicates() {
+        let e = echo(&["--system", "linux,ix", "--system", "linux"]).unwrap();
+        assert_eq!(e.systems, [System::Linux, System::Ix]);
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_option_and_the_range() {
+        assert_eq!(message(&["--duration", "0"]), "--duration must be between 0.001 and 3600 seconds, got 0");
+        assert_eq!(message(&["--warmup=-1"]), "--warmup must be between 0 and 600 seconds, got -1");
+        assert_eq!(message(&["--connections", "0"]), "--connections must be between 1 and 10000, got 0");
+        assert_eq!(
+            message(&["--message-size", "0"]),
+            "--message-size must be between 1 and 16777216, got 0"
+        );
+        assert!(message(&["--duration", "NaN"]).starts_with("--duration must be between"));
+        assert!(message(&["--duration", "inf"]).starts_with("--duration must be between"));
+    }
+
+    #[test]
+    fn unparsable_values_give_one_line_naming_the_option() {
+        for (args, needle) in [
+            (&["--connections", "many"][..], "--connections <N>"),
+            (&["--duration", "5s"][..], "--duration <SECS>"),
+            (&["--system", "bsd"][..], "--system <SYSTEM>"),
+            (&["--frobnicate"][..], "--frobnicate"),
+        ] {
+            let err = echo(args).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(needle), "{args:?}: {text}");
+            assert!(text.ends_with("(try 'ixctl --help')"), "{text}");
+            assert!(!text.contains('\n') && !text.starts_with("error:"), "{text:?}");
+            assert!(!err.is_help());
+        }
+    }
+
+    #[test]
+    fn help_is_not_an_error_and_shows_an_example() {
+        for argv in [&["ixctl", "--help"][..], &["ixctl", "bench", "echo", "--help"][..]] {
+            let err = parse(argv.iter().copied()).unwrap_err();
+            assert!(err.is_help());
+            assert!(err.full_text().contains("ixctl bench echo --system linux"), "{argv:?}");
+        }
+        let err = parse(["ixctl", "--version"]).unwrap_err();
+        assert!(err.is_help());
+    }
+
+    #[test]
+    fn missing_subcommand_is_a_usage_error_with_help() {
+        let err = parse(["ixctl"]).unwrap_err();
+        assert!(err.is_missing_subcommand() && !err.is_help());
+        assert!(err.full_text().contains("bench"));
+    }
+}
