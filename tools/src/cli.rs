@@ -36,9 +36,14 @@ Exit status: 0 success, 1 runtime failure (including a system that could not
 run; the report still shows the others), 2 usage error.
 Log level: RUST_LOG=debug|info|warn (default warn).";
 
-/// `ixctl` — the IX control and benchmark tool.
+/// The top-level command line.
 #[derive(Debug, Parser)]
-#[command(name = "ixctl", version, about, after_help = AFTER_HELP)]
+#[command(
+    name = "ixctl",
+    version,
+    about = "Operate the IX dataplane and benchmark it against the Linux kernel",
+    after_help = AFTER_HELP
+)]
 struct Args {
     #[command(subcommand)]
     command: TopCommand,
@@ -78,7 +83,12 @@ struct EchoArgs {
     json: bool,
     /// Systems to run, in report order; repeat or separate with commas
     /// [default: ix,linux].
-    #[arg(long = "system", value_name = "SYSTEM", value_enum, value_delimiter = ',')]
+    #[arg(
+        long = "system",
+        value_name = "SYSTEM",
+        value_enum,
+        value_delimiter = ','
+    )]
     systems: Vec<System>,
 }
 
@@ -231,14 +241,24 @@ fn validate_echo(args: EchoArgs) -> Result<BenchEcho, UsageError> {
 fn seconds(flag: &'static str, value: f64, min: f64, max: f64) -> Result<Duration, UsageError> {
     // NaN fails both comparisons' negation: `!(NaN >= min)` is true.
     if !(value >= min && value <= max) {
-        return Err(UsageError::Seconds { flag, value, min, max });
+        return Err(UsageError::Seconds {
+            flag,
+            value,
+            min,
+            max,
+        });
     }
     Ok(Duration::from_secs_f64(value))
 }
 
 fn count(flag: &'static str, value: usize, min: usize, max: usize) -> Result<usize, UsageError> {
     if !(min..=max).contains(&value) {
-        return Err(UsageError::Count { flag, value, min, max });
+        return Err(UsageError::Count {
+            flag,
+            value,
+            min,
+            max,
+        });
     }
     Ok(value)
 }
@@ -299,9 +319,18 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_the_option_and_the_range() {
-        assert_eq!(message(&["--duration", "0"]), "--duration must be between 0.001 and 3600 seconds, got 0");
-        assert_eq!(message(&["--warmup=-1"]), "--warmup must be between 0 and 600 seconds, got -1");
-        assert_eq!(message(&["--connections", "0"]), "--connections must be between 1 and 10000, got 0");
+        assert_eq!(
+            message(&["--duration", "0"]),
+            "--duration must be between 0.001 and 3600 seconds, got 0"
+        );
+        assert_eq!(
+            message(&["--warmup=-1"]),
+            "--warmup must be between 0 and 600 seconds, got -1"
+        );
+        assert_eq!(
+            message(&["--connections", "0"]),
+            "--connections must be between 1 and 10000, got 0"
+        );
         assert_eq!(
             message(&["--message-size", "0"]),
             "--message-size must be between 1 and 16777216, got 0"
@@ -322,17 +351,26 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(needle), "{args:?}: {text}");
             assert!(text.ends_with("(try 'ixctl --help')"), "{text}");
-            assert!(!text.contains('\n') && !text.starts_with("error:"), "{text:?}");
+            assert!(
+                !text.contains('\n') && !text.starts_with("error:"),
+                "{text:?}"
+            );
             assert!(!err.is_help());
         }
     }
 
     #[test]
     fn help_is_not_an_error_and_shows_an_example() {
-        for argv in [&["ixctl", "--help"][..], &["ixctl", "bench", "echo", "--help"][..]] {
+        for argv in [
+            &["ixctl", "--help"][..],
+            &["ixctl", "bench", "echo", "--help"][..],
+        ] {
             let err = parse(argv.iter().copied()).unwrap_err();
             assert!(err.is_help());
-            assert!(err.full_text().contains("ixctl bench echo --system linux"), "{argv:?}");
+            assert!(
+                err.full_text().contains("ixctl bench echo --system linux"),
+                "{argv:?}"
+            );
         }
         let err = parse(["ixctl", "--version"]).unwrap_err();
         assert!(err.is_help());

@@ -80,7 +80,13 @@ impl Epoll {
         Ok(Epoll { fd })
     }
 
-    fn ctl(&self, op: libc::c_int, fd: BorrowedFd<'_>, interest: u32, token: u64) -> io::Result<()> {
+    fn ctl(
+        &self,
+        op: libc::c_int,
+        fd: BorrowedFd<'_>,
+        interest: u32,
+        token: u64,
+    ) -> io::Result<()> {
         let mut event = libc::epoll_event {
             events: interest,
             u64: token,
@@ -115,12 +121,22 @@ impl Epoll {
     /// stores them in `events`; returns how many arrived. An interrupted wait
     /// (`EINTR`) reports zero events.
     pub fn wait(&self, events: &mut Events, timeout: Duration) -> io::Result<usize> {
-        let millis = timeout.as_micros().div_ceil(1000).min(libc::c_int::MAX as u128) as libc::c_int;
+        let millis = timeout
+            .as_micros()
+            .div_ceil(1000)
+            .min(libc::c_int::MAX as u128) as libc::c_int;
         let capacity = events.buf.len().min(libc::c_int::MAX as usize) as libc::c_int;
         // SAFETY: the pointer and `capacity` describe `events.buf`, an
         // initialised array of epoll_event that stays borrowed mutably for the
         // call; the kernel writes at most `capacity` entries.
-        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.buf.as_mut_ptr(), capacity, millis) };
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                events.buf.as_mut_ptr(),
+                capacity,
+                millis,
+            )
+        };
         if n < 0 {
             events.len = 0;
             let err = io::Error::last_os_error();
@@ -141,7 +157,10 @@ pub fn pin_current_thread(core: usize) -> io::Result<()> {
     if core >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("core {core} is beyond the {} CPUs a cpu_set_t can name", libc::CPU_SETSIZE),
+            format!(
+                "core {core} is beyond the {} CPUs a cpu_set_t can name",
+                libc::CPU_SETSIZE
+            ),
         ));
     }
     // SAFETY: cpu_set_t is a plain array of integers; all-zero is the empty set.
@@ -251,7 +270,9 @@ mod tests {
 
     #[test]
     fn pin_to_core_zero_succeeds_in_a_fresh_thread() {
-        std::thread::spawn(|| pin_current_thread(0).unwrap()).join().unwrap();
+        std::thread::spawn(|| pin_current_thread(0).unwrap())
+            .join()
+            .unwrap();
     }
 
     #[test]

@@ -77,7 +77,9 @@ pub enum LinuxEchoError {
         got: u8,
     },
     /// The server closed the connection before the whole echo arrived.
-    #[error("connection {conn}: server closed the connection after {received} of {expected} echo bytes")]
+    #[error(
+        "connection {conn}: server closed the connection after {received} of {expected} echo bytes"
+    )]
     PeerClosed {
         /// Client connection index.
         conn: usize,
@@ -131,8 +133,11 @@ pub fn run_linux_echo(params: &EchoParams) -> anyhow::Result<EchoResult> {
     sys::ensure_open_files(2 * params.connections as u64 + SPARE_FDS)
         .with_context(|| format!("{} connections need more open files", params.connections))?;
 
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding the echo server to 127.0.0.1")?;
-    let addr = listener.local_addr().context("reading the echo server's port")?;
+    let listener =
+        TcpListener::bind("127.0.0.1:0").context("binding the echo server to 127.0.0.1")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the echo server's port")?;
     listener
         .set_nonblocking(true)
         .context("making the listener non-blocking")?;
@@ -176,7 +181,11 @@ pub fn run_linux_echo(params: &EchoParams) -> anyhow::Result<EchoResult> {
         served.echoed_bytes,
         served.socket_errors
     );
-    Ok(EchoResult::from_histogram(&client.latencies_ns, client.measured, client.errors))
+    Ok(EchoResult::from_histogram(
+        &client.latencies_ns,
+        client.measured,
+        client.errors,
+    ))
 }
 
 /// Pins the calling thread; a failure only degrades the measurement, so it is
@@ -216,7 +225,9 @@ fn serve(listener: TcpListener, stop: &AtomicBool) -> anyhow::Result<ServerStats
     let mut stats = ServerStats::default();
 
     while !stop.load(Ordering::Relaxed) {
-        epoll.wait(&mut events, SERVER_POLL).context("waiting for server events")?;
+        epoll
+            .wait(&mut events, SERVER_POLL)
+            .context("waiting for server events")?;
         for event in events.iter() {
             if event.token == LISTENER {
                 accept_all(&listener, &epoll, &mut conns, &mut free, &mut stats)?;
@@ -259,7 +270,9 @@ fn accept_all(
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(err).context("accepting a connection"),
         };
-        stream.set_nonblocking(true).context("making a connection non-blocking")?;
+        stream
+            .set_nonblocking(true)
+            .context("making a connection non-blocking")?;
         stream.set_nodelay(true).context("setting TCP_NODELAY")?;
         let slot = free.pop().unwrap_or_else(|| {
             conns.push(None);
@@ -280,7 +293,12 @@ fn accept_all(
 
 /// Handles readiness of one connection: finishes a pending write, or reads
 /// and writes back. Returns `Ok(false)` when the peer closed it.
-fn echo(conn: &mut ServerConn, epoll: &Epoll, token: u64, stats: &mut ServerStats) -> io::Result<bool> {
+fn echo(
+    conn: &mut ServerConn,
+    epoll: &Epoll,
+    token: u64,
+    stats: &mut ServerStats,
+) -> io::Result<bool> {
     let had_pending = conn.start < conn.end;
     if !had_pending {
         match conn.stream.read(&mut conn.buf) {
@@ -318,7 +336,10 @@ fn echo(conn: &mut ServerConn, epoll: &Epoll, token: u64, stats: &mut ServerStat
 }
 
 fn is_transient(err: &io::Error) -> bool {
-    matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 /// What the client measured.
@@ -345,7 +366,8 @@ struct ClientConn {
 /// that an echo of another request, another connection or stale bytes fails
 /// verification.
 fn fill_request(buf: &mut [u8], conn: usize, seq: u64) {
-    let seed = (conn as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seq.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let seed = (conn as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ seq.wrapping_mul(0xd1b5_4a32_d192_ed03);
     for (i, byte) in buf.iter_mut().enumerate() {
         *byte = (seed >> ((i % 8) * 8)) as u8 ^ (i / 8) as u8;
     }
@@ -369,8 +391,14 @@ impl ClientConn {
 
     /// Sends more of the request; watches for writability while some is left.
     fn send(&mut self, index: usize, epoll: &Epoll) -> Result<(), LinuxEchoError> {
-        let socket = |source| LinuxEchoError::Socket { conn: index, source };
-        let stream = self.stream.as_mut().expect("only live connections are driven");
+        let socket = |source| LinuxEchoError::Socket {
+            conn: index,
+            source,
+        };
+        let stream = self
+            .stream
+            .as_mut()
+            .expect("only live connections are driven");
         while self.sent < self.tx.len() {
             match stream.write(&self.tx[self.sent..]) {
                 Ok(0) => return Err(socket(io::ErrorKind::WriteZero.into())),
@@ -382,7 +410,11 @@ impl ClientConn {
         }
         let writing = self.sent < self.tx.len();
         if writing != self.writing {
-            let interest = if writing { READABLE | WRITABLE } else { READABLE };
+            let interest = if writing {
+                READABLE | WRITABLE
+            } else {
+                READABLE
+            };
             epoll
                 .modify(stream.as_fd(), interest, index as u64)
                 .map_err(socket)?;
@@ -394,7 +426,10 @@ impl ClientConn {
     /// Reads echo bytes; returns `Ok(true)` when the whole echo is in and
     /// matches the request.
     fn receive(&mut self, index: usize) -> Result<bool, LinuxEchoError> {
-        let stream = self.stream.as_mut().expect("only live connections are driven");
+        let stream = self
+            .stream
+            .as_mut()
+            .expect("only live connections are driven");
         // Never read past the request: extra bytes would be an echo of nothing
         // and show up as a mismatch of the next request.
         match stream.read(&mut self.rx[self.received..]) {
@@ -419,7 +454,10 @@ impl ClientConn {
                 }
             }
             Err(err) if is_transient(&err) => Ok(false),
-            Err(source) => Err(LinuxEchoError::Socket { conn: index, source }),
+            Err(source) => Err(LinuxEchoError::Socket {
+                conn: index,
+                source,
+            }),
         }
     }
 }
@@ -477,9 +515,12 @@ fn run_client(addr: SocketAddr, params: &EchoParams) -> anyhow::Result<ClientOut
     let mut conns = Vec::with_capacity(params.connections);
     let set_up = Instant::now();
     for index in 0..params.connections {
-        let stream = TcpStream::connect(addr).with_context(|| format!("connecting {index} to {addr}"))?;
+        let stream =
+            TcpStream::connect(addr).with_context(|| format!("connecting {index} to {addr}"))?;
         stream.set_nodelay(true).context("setting TCP_NODELAY")?;
-        stream.set_nonblocking(true).context("making a connection non-blocking")?;
+        stream
+            .set_nonblocking(true)
+            .context("making a connection non-blocking")?;
         epoll
             .add(stream.as_fd(), READABLE, index as u64)
             .context("watching a connection")?;
@@ -531,7 +572,9 @@ fn run_client(addr: SocketAddr, params: &EchoParams) -> anyhow::Result<ClientOut
         }
         for event in events.iter() {
             let index = event.token as usize;
-            let Some(conn) = conns.get_mut(index) else { continue };
+            let Some(conn) = conns.get_mut(index) else {
+                continue;
+            };
             if conn.stream.is_none() {
                 continue;
             }
@@ -549,7 +592,8 @@ fn run_client(addr: SocketAddr, params: &EchoParams) -> anyhow::Result<ClientOut
                 Ok(true) => {
                     let done = Instant::now();
                     if done >= measure_from && done < end {
-                        latencies_ns.saturating_record(done.duration_since(conn.started).as_nanos() as u64);
+                        latencies_ns
+                            .saturating_record(done.duration_since(conn.started).as_nanos() as u64);
                     }
                     if let Err(err) = conn.begin(index, &epoll, done) {
                         failures.record(conn, err, &epoll);
@@ -584,7 +628,10 @@ mod tests {
     fn linux_echo_completes_verified_round_trips_on_four_connections() {
         let result = run_linux_echo(&quick(4, 64)).unwrap();
         assert!(result.requests > 0, "{result:?}");
-        assert_eq!(result.errors, 0, "every echo must match its request: {result:?}");
+        assert_eq!(
+            result.errors, 0,
+            "every echo must match its request: {result:?}"
+        );
         assert!(result.rps > 0.0 && result.p50_us > 0.0 && result.p99_us >= result.p50_us);
     }
 
@@ -605,9 +652,15 @@ mod tests {
     #[test]
     fn linux_echo_rejects_zero_connections_and_empty_messages() {
         let err = run_linux_echo(&quick(0, 64)).unwrap_err();
-        assert!(matches!(err.downcast_ref(), Some(LinuxEchoError::NoConnections)));
+        assert!(matches!(
+            err.downcast_ref(),
+            Some(LinuxEchoError::NoConnections)
+        ));
         let err = run_linux_echo(&quick(1, 0)).unwrap_err();
-        assert!(matches!(err.downcast_ref(), Some(LinuxEchoError::EmptyMessage)));
+        assert!(matches!(
+            err.downcast_ref(),
+            Some(LinuxEchoError::EmptyMessage)
+        ));
     }
 
     /// A server that echoes the first request with byte 10 flipped.
@@ -629,13 +682,22 @@ mod tests {
     #[test]
     fn client_detects_a_corrupted_echo_byte() {
         let (addr, server) = corrupting_server();
-        let err = run_client(addr, &quick(1, 64)).err().expect("a corrupted echo must fail");
+        let err = run_client(addr, &quick(1, 64))
+            .err()
+            .expect("a corrupted echo must fail");
         server.join().unwrap();
         let Some(LinuxEchoError::AllConnectionsFailed { first, .. }) = err.downcast_ref() else {
             panic!("unexpected error: {err:#}");
         };
         assert!(
-            matches!(**first, LinuxEchoError::Mismatch { conn: 0, offset: 10, .. }),
+            matches!(
+                **first,
+                LinuxEchoError::Mismatch {
+                    conn: 0,
+                    offset: 10,
+                    ..
+                }
+            ),
             "{first}"
         );
     }
@@ -650,13 +712,22 @@ mod tests {
             stream.read_exact(&mut buf).unwrap();
             stream.write_all(&buf[..20]).unwrap();
         });
-        let err = run_client(addr, &quick(1, 64)).err().expect("a short echo must fail");
+        let err = run_client(addr, &quick(1, 64))
+            .err()
+            .expect("a short echo must fail");
         server.join().unwrap();
         let Some(LinuxEchoError::AllConnectionsFailed { first, .. }) = err.downcast_ref() else {
             panic!("unexpected error: {err:#}");
         };
         assert!(
-            matches!(**first, LinuxEchoError::PeerClosed { received: 20, expected: 64, .. }),
+            matches!(
+                **first,
+                LinuxEchoError::PeerClosed {
+                    received: 20,
+                    expected: 64,
+                    ..
+                }
+            ),
             "{first}"
         );
     }

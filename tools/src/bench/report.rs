@@ -60,7 +60,11 @@ impl EchoResult {
     pub fn from_histogram(latencies_ns: &Histogram<u64>, measured: Duration, errors: u64) -> Self {
         let requests = latencies_ns.len();
         let secs = measured.as_secs_f64();
-        let rps = if secs > 0.0 { requests as f64 / secs } else { 0.0 };
+        let rps = if secs > 0.0 {
+            requests as f64 / secs
+        } else {
+            0.0
+        };
         let us = |q: f64| latencies_ns.value_at_quantile(q) as f64 / 1000.0;
         EchoResult {
             rps,
@@ -125,10 +129,13 @@ impl Report {
 
     /// The result of `system`, if it has a row and ran.
     pub fn result(&self, system: &str) -> Option<&EchoResult> {
-        self.rows.iter().find(|row| row.system == system).and_then(|row| match &row.outcome {
-            Outcome::Ran(result) => Some(result),
-            Outcome::NotRun(_) => None,
-        })
+        self.rows
+            .iter()
+            .find(|row| row.system == system)
+            .and_then(|row| match &row.outcome {
+                Outcome::Ran(result) => Some(result),
+                Outcome::NotRun(_) => None,
+            })
     }
 
     /// `system`'s RPC/s divided by the [`BASELINE`]'s, when both ran and the
@@ -141,7 +148,9 @@ impl Report {
 
     /// True when some row did not run.
     pub fn has_failures(&self) -> bool {
-        self.rows.iter().any(|row| matches!(row.outcome, Outcome::NotRun(_)))
+        self.rows
+            .iter()
+            .any(|row| matches!(row.outcome, Outcome::NotRun(_)))
     }
 
     /// Writes the human table, headed by the run's parameters.
@@ -206,7 +215,9 @@ impl Serialize for Report {
         for row in &self.rows {
             match &row.outcome {
                 Outcome::Ran(result) => map.serialize_entry(&row.system, result)?,
-                Outcome::NotRun(why) => map.serialize_entry(&row.system, &NotRunJson { error: why })?,
+                Outcome::NotRun(why) => {
+                    map.serialize_entry(&row.system, &NotRunJson { error: why })?
+                }
             }
         }
         map.serialize_entry("ratio_rps", &self.ratio_to_baseline(DATAPLANE))?;
@@ -275,10 +286,18 @@ mod tests {
         let v = json_of(&report);
         for system in ["ix", "linux"] {
             for key in ["rps", "p50_us", "p99_us", "p999_us"] {
-                assert!(v[system][key].is_f64(), "{system}.{key} = {}", v[system][key]);
+                assert!(
+                    v[system][key].is_f64(),
+                    "{system}.{key} = {}",
+                    v[system][key]
+                );
             }
             for key in ["requests", "errors"] {
-                assert!(v[system][key].is_u64(), "{system}.{key} = {}", v[system][key]);
+                assert!(
+                    v[system][key].is_u64(),
+                    "{system}.{key} = {}",
+                    v[system][key]
+                );
             }
         }
         assert_eq!(v["ratio_rps"].as_f64(), Some(2.0));
@@ -313,7 +332,9 @@ mod tests {
             Row::from_run("ix_kvm", Ok(result(75_000.0))),
         ]);
         let mut out = Vec::new();
-        report.write_table(&mut out, &EchoParams::default()).unwrap();
+        report
+            .write_table(&mut out, &EchoParams::default())
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5, "{text}");
@@ -322,7 +343,11 @@ mod tests {
         assert!(lines[2].starts_with("ix") && lines[2].ends_with("not run: ix echo not built yet"));
         let linux: Vec<&str> = lines[3].split_whitespace().collect();
         assert_eq!(linux, ["linux", "150000", "50.0", "99.0", "1.00"]);
-        assert!(lines[4].starts_with("ix_kvm") && lines[4].ends_with("0.50"), "{}", lines[4]);
+        assert!(
+            lines[4].starts_with("ix_kvm") && lines[4].ends_with("0.50"),
+            "{}",
+            lines[4]
+        );
     }
 
     #[test]
@@ -331,7 +356,9 @@ mod tests {
         r.errors = 3;
         let report = Report::new(vec![Row::from_run("linux", Ok(r))]);
         let mut out = Vec::new();
-        report.write_table(&mut out, &EchoParams::default()).unwrap();
+        report
+            .write_table(&mut out, &EchoParams::default())
+            .unwrap();
         assert!(String::from_utf8(out).unwrap().contains("3 errors"));
     }
 
