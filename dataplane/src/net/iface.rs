@@ -7,7 +7,8 @@
 //!   dropped; ARP and IPv4 are processed, other EtherTypes dropped.
 //! - ARP (RFC 826): the packet-reception algorithm with its merge step —
 //!   an existing entry for the sender is refreshed; if we are the target
-//!   the sender is learned and a request is answered. Learning an address
+//!   the sender is learned and a request is answered; a sender we are
+//!   resolving is learned from any ARP packet. Learning an address
 //!   releases the frames waiting for it, in order. Senders that are
 //!   multicast, unspecified (RFC 5227 probes are answered, not learned),
 //!   off our subnet, or claim our own address are not learned.
@@ -467,8 +468,10 @@ impl Interface {
             && self.cfg.on_link(spa);
         if learnable {
             // RFC 826: merge into an existing entry; add one only if the
-            // packet is for us.
-            let learned = if for_us {
+            // packet is for us — or, beyond RFC 826, if we are resolving
+            // the sender anyway (e.g. its gratuitous ARP crossed our
+            // request).
+            let learned = if for_us || self.arp.is_resolving(spa) {
                 self.arp.insert(spa, sha, now)
             } else {
                 self.arp.update(spa, sha, now)
@@ -1186,6 +1189,22 @@ mod tests {
         assert!(send(&mut iface, at(0.2), &pool, &mut tx, PEER_IP, 4, 20));
         assert_eq!(tx.len(), 1);
         assert_eq!(parse_ip(&tx[0]).0.dst_addr, PEER_MAC);
+    }
+
+    #[test]
+    fn gratuitous_arp_from_a_next_hop_being_resolved_releases_its_frames() {
+        let (pool, mut iface, mut tx) = (pool(), iface(), Vec::new());
+        assert!(send(&mut iface, T0, &pool, &mut tx, PEER_IP, 1, 20));
+        tx.clear();
+        let garp = arp_frame(ArpOperation::Request, PEER_MAC, PEER_IP, PEER_IP);
+        iface.receive(at(0.1), rx(&pool, &garp), &pool, &mut tx);
+        assert_eq!(tx.len(), 1, "the waiting frame, no ARP reply");
+        assert_eq!(parse_ip(&tx[0]).0.dst_addr, PEER_MAC);
+        // Not resolving: a gratuitous ARP from a stranger teaches nothing.
+        let stranger = Ipv4Addr::new(10, 0, 0, 9);
+        let garp = arp_frame(ArpOperation::Request, GATEWAY_MAC, stranger, stranger);
+        iface.receive(at(0.2), rx(&pool, &garp), &pool, &mut tx);
+        assert_eq!(iface.arp_cache().get(stranger, at(0.2)), None);
     }
 
     #[test]
