@@ -2,6 +2,9 @@
 //! ICMP processing for one interface, and the [`IpSender`] seam through
 //! which TCP emits segments without knowing about frames.
 
+pub mod arp_cache;
+pub mod iface;
+
 use std::net::Ipv4Addr;
 
 /// Implemented by the IP layer: sends one IPv4 packet carrying a TCP

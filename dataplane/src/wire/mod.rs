@@ -3,4 +3,8 @@
 //! accessors and setters, and a validated `Repr` that parses from and emits
 //! into a view.
 
+pub mod arp;
 pub mod checksum;
+pub mod ethernet;
+pub mod icmp;
+pub mod ipv4;
