@@ -228,6 +228,30 @@ pub struct NetStats {
     pub arp_pending: u64,
 }
 
+impl NetStats {
+    /// Every frame or datagram dropped, whatever the reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.not_for_us
+            + self.bad_eth
+            + self.unknown_ethertype
+            + self.bad_arp
+            + self.bad_ipv4_header
+            + self.bad_ipv4_checksum
+            + self.ip_fragment
+            + self.ip_not_for_us
+            + self.ip_link_broadcast
+            + self.ip_bad_src
+            + self.unknown_protocol
+            + self.bad_icmp
+            + self.tx_pool_exhausted
+            + self.tx_too_big
+            + self.tx_no_route
+            + self.tx_bad_src
+            + self.arp_pending_dropped
+            + self.arp_timeout_dropped
+    }
+}
+
 /// A packet the interface hands up to the caller.
 #[derive(Debug)]
 pub enum Delivered {
