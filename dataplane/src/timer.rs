@@ -378,7 +378,8 @@ mod tests {
         let mut w = TimerWheel::new(start, 64);
         let delays_us = [900u64, 50, 3000, 17, 250_000, 40, 1_500_000, 4_100];
         for (i, d) in delays_us.iter().enumerate() {
-            w.schedule(start + Duration::from_micros(*d), i as u32).unwrap();
+            w.schedule(start + Duration::from_micros(*d), i as u32)
+                .unwrap();
         }
         let mut order = Vec::new();
         let mut now = start;
@@ -455,7 +456,9 @@ mod tests {
         }
         // Jump 600 s at once: timers up to 600 s fire, in order.
         let fired = collect(&mut w, Instant::from_millis(600_000));
-        let due: Vec<u32> = (0..1000).filter(|i| u64::from(*i) * 997 <= 600_000).collect();
+        let due: Vec<u32> = (0..1000)
+            .filter(|i| u64::from(*i) * 997 <= 600_000)
+            .collect();
         assert_eq!(fired, due);
         assert_eq!(w.len(), 1000 - due.len());
         // The rest fires exactly when due.

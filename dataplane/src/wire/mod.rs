@@ -4,3 +4,4 @@
 //! into a view.
 
 pub mod checksum;
+pub mod tcp;
