@@ -10,5 +10,6 @@ pub mod net;
 pub mod nic;
 pub mod rss;
 pub mod time;
+pub mod timer;
 pub mod txbuf;
 pub mod wire;
