@@ -40,6 +40,7 @@
 //! solicitations or duplicate-address probes appear in test traffic.
 
 #![deny(unsafe_code)]
+// The one exception is `setns(2)` in `TestNet::spawn_in_ns`.
 
 use std::fmt;
 use std::io;
@@ -387,6 +388,23 @@ impl TestNet {
         cmd
     }
 
+    /// Runs `f` on a new thread that has joined the namespace (`setns(2)`
+    /// on that thread only), e.g. to open a packet socket on
+    /// [`ns_if`](Self::ns_if) and generate traffic from the namespace's
+    /// side. The thread returns the error if it cannot join.
+    pub fn spawn_in_ns<F, T>(&self, f: F) -> std::thread::JoinHandle<io::Result<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.ns);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path)?;
+            join_netns(&ns)?;
+            Ok(f())
+        })
+    }
+
     /// Adds a permanent neighbour entry in the namespace, so its stack
     /// sends to `addr` without asking by ARP first.
     pub fn add_neighbor(&self, addr: Ipv4Addr, mac: [u8; 6]) -> Result<(), TestNetError> {
@@ -419,6 +437,20 @@ impl TestNet {
             expected: "a decimal counter",
         })
     }
+}
+
+/// Moves the calling thread into the network namespace `ns` refers to.
+#[allow(unsafe_code)]
+fn join_netns(ns: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns takes a valid open descriptor (borrowed from `ns` for
+    // the call) and a flag; it changes only this thread's network
+    // namespace and touches no memory of ours.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Drop for TestNet {
@@ -493,6 +525,16 @@ mod tests {
         assert!(text.contains(&format!("{}/24", net.ns_ip())), "{text}");
         assert!(net.ns_counter("rx_packets").is_ok());
         net.add_neighbor(net.dp_ip(), [2, 0, 0, 0, 0, 1]).unwrap();
+        let dev = net
+            .spawn_in_ns(|| std::fs::read_to_string("/proc/thread-self/net/dev").unwrap())
+            .join()
+            .unwrap()
+            .unwrap();
+        assert!(
+            dev.contains(net.ns_if()),
+            "the thread sees the namespace: {dev}"
+        );
+        assert!(!dev.contains(net.host_if()), "{dev}");
 
         drop(net);
         assert!(!namespaces().contains(&ns), "namespace removed");

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use libc::c_int;
 
+/// `TPACKET_V2` of `enum tpacket_versions`.
+pub(super) const TPACKET_V2: c_int = 1;
 /// `TPACKET_V3` of `enum tpacket_versions`.
 pub(super) const TPACKET_V3: c_int = 2;
 
@@ -65,9 +67,8 @@ impl PacketSocket {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a freshly created descriptor owned by nobody else.
-        Ok(PacketSocket {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(PacketSocket { fd })
     }
 
     fn setsockopt<T>(&self, level: c_int, opt: c_int, value: &T) -> io::Result<()> {
@@ -332,7 +333,7 @@ impl RingMap {
     #[inline]
     fn at(&self, off: usize, size: usize, align: usize) -> *mut u8 {
         assert!(
-            off.checked_add(size).is_some_and(|end| end <= self.len) && off % align == 0,
+            off.checked_add(size).is_some_and(|end| end <= self.len) && off.is_multiple_of(align),
             "ring access {off}+{size} outside the mapping or misaligned"
         );
         // SAFETY: `off + size <= len` (checked above), so the pointer stays
