@@ -12,6 +12,10 @@
 //! [`fault`] (a wrapper injecting loss, duplication, reordering and
 //! corruption for tests).
 
+pub mod af_packet;
+pub mod fault;
+pub mod pipe;
+
 use crate::buf::{PktBuf, Pool};
 
 /// Counters kept by every queue pair.
