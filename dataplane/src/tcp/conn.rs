@@ -321,10 +321,7 @@ impl Conn {
 
     /// Doubles the RTO (RFC 6298 §5.5), up to `rto_max`.
     pub(crate) fn back_off(&mut self, cfg: &TcpConfig) {
-        self.rto_us = self
-            .rto_us
-            .saturating_mul(2)
-            .min(duration_us(cfg.rto_max));
+        self.rto_us = self.rto_us.saturating_mul(2).min(duration_us(cfg.rto_max));
     }
 
     /// The current RTO.

@@ -44,7 +44,9 @@ impl<V> NodeSlab<V> {
 
     /// Frees node `i`, returning its value.
     pub(crate) fn release(&mut self, i: u32) -> V {
-        let v = self.vals[i as usize].take().expect("release of a free node");
+        let v = self.vals[i as usize]
+            .take()
+            .expect("release of a free node");
         self.next[i as usize] = self.free;
         self.free = i;
         self.used -= 1;
@@ -60,7 +62,9 @@ impl<V> NodeSlab<V> {
     /// The value of node `i`, writable.
     #[inline]
     pub(crate) fn get_mut(&mut self, i: u32) -> &mut V {
-        self.vals[i as usize].as_mut().expect("write of a free node")
+        self.vals[i as usize]
+            .as_mut()
+            .expect("write of a free node")
     }
 
     /// The node after `i`.

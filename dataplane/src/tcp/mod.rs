@@ -92,6 +92,8 @@ mod list;
 mod stack;
 mod table;
 
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddrV4;
 use std::time::Duration;

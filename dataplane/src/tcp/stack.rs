@@ -8,9 +8,7 @@ use super::conn::{duration_us, flag, Conn, State, TimerKind, TimerToken};
 use super::isn::{initial_seq, SipKey};
 use super::list::{NodeSlab, NIL};
 use super::table::ConnTable;
-use super::{
-    ConnId, ConnectError, DeadReason, FourTuple, TcpConfig, TcpError, TcpEvent, TcpStats,
-};
+use super::{ConnId, ConnectError, DeadReason, FourTuple, TcpConfig, TcpError, TcpEvent, TcpStats};
 use crate::buf::PktBuf;
 use crate::net::IpSender;
 use crate::time::Instant;
@@ -155,9 +153,7 @@ impl TcpStack {
         self.listeners.swap_remove(pos);
         for i in 0..self.conns.capacity() as u32 {
             let c = self.conns.get(i);
-            if c.state == State::SynReceived
-                && c.has(flag::PASSIVE)
-                && c.tuple.local.port() == port
+            if c.state == State::SynReceived && c.has(flag::PASSIVE) && c.tuple.local.port() == port
             {
                 self.queue_rst(i);
                 self.free(i);
@@ -284,7 +280,11 @@ impl TcpStack {
             if n == 0 {
                 continue;
             }
-            let piece = if n == b.len() { b.clone() } else { b.slice(0, n) };
+            let piece = if n == b.len() {
+                b.clone()
+            } else {
+                b.slice(0, n)
+            };
             let Ok(node) = self.txq.alloc(piece) else {
                 self.stats.tx_queue_full += 1;
                 break;
@@ -566,7 +566,12 @@ impl TcpStack {
     // ----------------------------------------------------------------
     // Timers.
 
-    fn schedule(&mut self, idx: u32, at: Instant, kind: TimerKind) -> Option<crate::timer::TimerId> {
+    fn schedule(
+        &mut self,
+        idx: u32,
+        at: Instant,
+        kind: TimerKind,
+    ) -> Option<crate::timer::TimerId> {
         let token = TimerToken {
             idx,
             gen: self.conns.get(idx).gen,
@@ -1173,7 +1178,10 @@ impl TcpStack {
                 if syn
                     && repr.ack.is_none()
                     && repr.seq > c.rcv_nxt
-                    && self.listeners.iter().any(|l| l.port == c.tuple.local.port()) =>
+                    && self
+                        .listeners
+                        .iter()
+                        .any(|l| l.port == c.tuple.local.port()) =>
             {
                 let tuple = c.tuple;
                 self.free(idx);
@@ -1392,7 +1400,9 @@ impl TcpStack {
             if c.has(flag::RECOVERY) {
                 if ack >= c.recover {
                     // Full ACK (RFC 6582 §3.2 step 3): leave recovery.
-                    c.cwnd = c.ssthresh.min(c.flight_size().saturating_sub(acked).max(mss) + mss);
+                    c.cwnd = c
+                        .ssthresh
+                        .min(c.flight_size().saturating_sub(acked).max(mss) + mss);
                     c.clear(flag::RECOVERY | flag::PARTIAL_SEEN);
                     c.dupacks = 0;
                 } else {
@@ -1410,9 +1420,7 @@ impl TcpStack {
                 if c.cwnd < c.ssthresh {
                     c.cwnd = c.cwnd.saturating_add(acked.min(mss));
                 } else {
-                    c.cwnd = c
-                        .cwnd
-                        .saturating_add((mss * mss / c.cwnd.max(1)).max(1));
+                    c.cwnd = c.cwnd.saturating_add((mss * mss / c.cwnd.max(1)).max(1));
                 }
             }
             c.snd_una = ack;
@@ -1794,7 +1802,9 @@ impl TcpStack {
 impl TcpStack {
     /// The state of a connection by handle, for tests.
     pub(crate) fn state_of(&self, id: ConnId) -> Option<&'static str> {
-        self.conns.resolve(id).map(|i| self.conns.get(i).state.name())
+        self.conns
+            .resolve(id)
+            .map(|i| self.conns.get(i).state.name())
     }
 
     /// The state of the connection with `tuple`, for tests.
@@ -1807,5 +1817,11 @@ impl TcpStack {
     /// Read access to a connection, for tests.
     pub(crate) fn conn_by_tuple(&self, tuple: &FourTuple) -> Option<&Conn> {
         self.conns.lookup(tuple).map(|i| self.conns.get(i))
+    }
+
+    /// Write access to a connection, for tests that set up a state.
+    pub(crate) fn conn_mut_by_tuple(&mut self, tuple: &FourTuple) -> Option<&mut Conn> {
+        let i = self.conns.lookup(tuple)?;
+        Some(self.conns.get_mut(i))
     }
 }
