@@ -25,7 +25,8 @@
 //! - RFC 5681 (slow start, congestion avoidance, fast retransmit on the
 //!   third duplicate ACK) with RFC 6582 NewReno recovery (partial ACKs
 //!   retransmit the next hole; `recover` guards against false fast
-//!   retransmits). The initial window follows RFC 6928:
+//!   retransmits) and RFC 3042 limited transmit. The initial window
+//!   follows RFC 6928:
 //!   `min(10·MSS, max(2·MSS, 14600))`, one MSS if the SYN was
 //!   retransmitted.
 //! - RFC 7323 window scaling only (no timestamps): scaling is used in both
@@ -44,6 +45,11 @@
 //! - `rto_min` defaults to 200 ms (as in Linux) rather than RFC 6298's 1 s;
 //!   after a SYN retransmission the backed-off RTO is kept until the first
 //!   RTT sample rather than being forced to 3 s (RFC 6298 §5.7).
+//! - A zero-length segment is acceptable from the RCV.NXT of our last
+//!   ACK on, not only from RCV.NXT (as Linux does): a pure ACK overtaken
+//!   by data is processed rather than answered with a duplicate ACK.
+//! - Pure ACKs carry SND.MAX as sequence number (as BSD does), so that
+//!   they stay acceptable to the peer after a timeout rewound SND.NXT.
 //! - A FIN is sent even into a zero window (as BSD does); the receiver
 //!   drops it and it is retransmitted.
 //! - The persist timer probes for ever while the peer keeps answering
@@ -92,6 +98,8 @@ mod list;
 mod stack;
 mod table;
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
 

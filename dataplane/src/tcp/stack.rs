@@ -558,7 +558,7 @@ impl TcpStack {
         let ack = (c.state != State::SynSent).then_some(c.rcv_nxt);
         self.rst_queue.push(RstSpec {
             tuple: c.tuple,
-            seq: c.snd_nxt,
+            seq: c.snd_max,
             ack,
         });
     }
@@ -841,7 +841,10 @@ impl TcpStack {
         }
     }
 
-    /// Everything connection `idx` has to send now.
+    /// Everything connection `idx` has to send now. Pure ACKs carry
+    /// SND.MAX, not SND.NXT: after a timeout rewinds SND.NXT, the peer may
+    /// already have everything up to SND.MAX and would find an older
+    /// sequence number unacceptable and drop the ACK (as BSD does).
     fn output(&mut self, idx: u32, now: Instant, tx: &mut dyn IpSender) {
         let c = self.conns.get(idx);
         match c.state {
@@ -850,14 +853,14 @@ impl TcpStack {
                 if c.snd_nxt == c.iss {
                     self.send_syn(idx, now, tx);
                 } else if c.has(flag::ACK_NOW) && c.state == State::SynReceived {
-                    let seq = c.snd_nxt;
+                    let seq = c.snd_max;
                     self.transmit(idx, seq, 0, TcpFlags::EMPTY, tx);
                 }
                 return;
             }
             State::TimeWait => {
                 if c.has(flag::ACK_NOW) {
-                    let seq = c.snd_nxt;
+                    let seq = c.snd_max;
                     self.transmit(idx, seq, 0, TcpFlags::EMPTY, tx);
                 }
                 return;
@@ -870,7 +873,7 @@ impl TcpStack {
         self.send_data(idx, now, tx);
         let c = self.conns.get(idx);
         if c.has(flag::ACK_NOW) {
-            let seq = c.snd_nxt;
+            let seq = c.snd_max;
             self.transmit(idx, seq, 0, TcpFlags::EMPTY, tx);
         }
     }
@@ -928,7 +931,14 @@ impl TcpStack {
             let data_end = c.data_end();
             let mss = u32::from(c.snd_mss);
             let in_flight = c.snd_nxt.since(c.snd_una);
-            let usable = c.snd_wnd.min(c.cwnd).saturating_sub(in_flight);
+            // Limited transmit (RFC 3042): each of the first two duplicate
+            // ACKs lets one more segment out, so that a small window
+            // still produces the third duplicate ACK.
+            let mut cwnd = c.cwnd;
+            if !c.has(flag::RECOVERY) && c.dupacks <= 2 {
+                cwnd = cwnd.saturating_add(u32::from(c.dupacks) * mss);
+            }
+            let usable = c.snd_wnd.min(cwnd).saturating_sub(in_flight);
             let remaining = if data_end > c.snd_nxt {
                 data_end.since(c.snd_nxt)
             } else {
@@ -1203,9 +1213,14 @@ impl TcpStack {
         let wnd = c.rcv_wnd();
         let rcv_nxt = c.rcv_nxt;
         let in_window = |s: SeqNum| s >= rcv_nxt && s.diff(rcv_nxt) < wnd as i32;
+        // Zero-length segments are taken from the RCV.NXT we last
+        // acknowledged on (as Linux does), so that an ACK overtaken by
+        // data is processed instead of drawing a duplicate ACK that the
+        // peer would count towards a fast retransmit.
+        let rcv_acked = c.rcv_acked;
         let mut acceptable = match (seg_len, wnd) {
-            (0, 0) => repr.seq == rcv_nxt,
-            (0, _) => in_window(repr.seq),
+            (0, 0) => repr.seq >= rcv_acked && repr.seq <= rcv_nxt,
+            (0, _) => repr.seq >= rcv_acked && repr.seq.diff(rcv_nxt) < wnd as i32,
             (_, 0) => false,
             (n, _) => in_window(repr.seq) || in_window(repr.seq + (n - 1)),
         };
@@ -1214,7 +1229,7 @@ impl TcpStack {
         let zero_window_probe = !acceptable && wnd == 0 && repr.seq == rcv_nxt;
         acceptable |= zero_window_probe;
         if !acceptable {
-            if repr.seq_len() > 0 && repr.seq + repr.seq_len() <= rcv_nxt {
+            if repr.seq < rcv_nxt {
                 self.stats.duplicate_segments += 1;
             } else {
                 self.stats.dropped_out_of_window += 1;
@@ -1457,8 +1472,9 @@ impl TcpStack {
             if c.has(flag::RECOVERY) {
                 c.cwnd = c.cwnd.saturating_add(mss);
             } else if c.dupacks == 3 && ack > c.recover {
-                // Fast retransmit (RFC 6582 §3.2 step 2).
-                c.ssthresh = (c.flight_size() / 2).max(2 * mss);
+                // Fast retransmit (RFC 6582 §3.2 step 2). Segments sent by
+                // limited transmit do not count in FlightSize (RFC 3042).
+                c.ssthresh = (c.flight_size().min(c.cwnd) / 2).max(2 * mss);
                 c.recover = c.snd_max;
                 c.cwnd = c.ssthresh + 3 * mss;
                 c.set(flag::RECOVERY | flag::REXMIT_UNA);

@@ -886,7 +886,7 @@ fn send_respects_send_buffer_and_sent_events_free_space() {
     let (conn, our) = t.established();
     let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
     let buf = TxBuf::from_vec(data.clone());
-    assert_eq!(t.s.send(conn, &[buf.clone()]).unwrap(), 4000);
+    assert_eq!(t.s.send(conn, std::slice::from_ref(&buf)).unwrap(), 4000);
     assert_eq!(t.s.send(conn, &[buf.slice(4000, 1000)]).unwrap(), 0);
     t.flush();
     let segs = t.out();
