@@ -54,7 +54,9 @@
 //!   drops it and it is retransmitted.
 //! - The persist timer probes for ever while the peer keeps answering
 //!   (RFC 9293 MUST-37); without keepalive, a peer that vanishes while
-//!   advertising a zero window is only noticed by the application.
+//!   advertising a zero window is only noticed by the application. A
+//!   connection the application has closed gives up (RST) after
+//!   [`TcpConfig::max_retries`] probes, so a peer cannot pin it for ever.
 //! - A window update is sent on [`TcpStack::recv_done`] only when the
 //!   window at least doubles and grows by min(MSS, buffer/2); smaller
 //!   openings ride on the next ACK.

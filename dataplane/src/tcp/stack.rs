@@ -210,7 +210,7 @@ impl TcpStack {
         c.cookie = cookie;
         let port = c.tuple.local.port();
         if let Some(l) = self.listeners.iter_mut().find(|l| l.port == port) {
-            l.pending -= 1;
+            l.pending = l.pending.saturating_sub(1);
         }
         let c = self.conns.get_mut(idx);
         let mut node = std::mem::replace(&mut c.pend_head, NIL);
@@ -509,7 +509,7 @@ impl TcpStack {
         }
         if backlog {
             if let Some(p) = self.listener_pending(port) {
-                *p -= 1;
+                *p = p.saturating_sub(1);
             }
         }
         self.conns.remove(idx);
@@ -710,6 +710,12 @@ impl TcpStack {
             return;
         }
         c.retries = c.retries.saturating_add(1);
+        if c.has(flag::ORPHAN) && c.retries > self.cfg.max_retries {
+            // Nobody is left to wait for a window that never opens.
+            self.queue_rst(idx);
+            self.free(idx);
+            return;
+        }
         let seq = c.snd_una;
         if seq + 1 > c.snd_max {
             c.snd_max = seq + 1;
@@ -1081,7 +1087,8 @@ impl TcpStack {
         c.snd_mss = repr
             .mss
             .unwrap_or(DEFAULT_PEER_MSS)
-            .clamp(MIN_PEER_MSS, self.cfg.mss);
+            .max(MIN_PEER_MSS)
+            .min(self.cfg.mss);
         match repr.window_scale {
             Some(ws) => {
                 c.set(flag::WSCALE);
@@ -1435,7 +1442,8 @@ impl TcpStack {
                 if c.cwnd < c.ssthresh {
                     c.cwnd = c.cwnd.saturating_add(acked.min(mss));
                 } else {
-                    c.cwnd = c.cwnd.saturating_add((mss * mss / c.cwnd.max(1)).max(1));
+                    let inc = u64::from(mss) * u64::from(mss) / u64::from(c.cwnd.max(1));
+                    c.cwnd = c.cwnd.saturating_add((inc as u32).max(1));
                 }
             }
             c.snd_una = ack;
@@ -1466,8 +1474,10 @@ impl TcpStack {
             && !repr.flags.contains(TcpFlags::FIN)
             && c.snd_max > c.snd_una
             && seg_wnd == c.snd_wnd
+            && seg_wnd != 0
         {
-            // Duplicate ACK (RFC 5681 §2).
+            // Duplicate ACK (RFC 5681 §2); not while the window is closed,
+            // when ACKs answer window probes.
             c.dupacks = c.dupacks.saturating_add(1);
             if c.has(flag::RECOVERY) {
                 c.cwnd = c.cwnd.saturating_add(mss);

@@ -32,10 +32,12 @@ fn tuple() -> FourTuple {
     }
 }
 
-/// Captures every segment the stack sends.
+/// Captures every segment the stack sends (or, with `fail`, refuses it
+/// like an IP layer out of buffers).
 #[derive(Default)]
 struct Wire {
     out: Vec<Vec<u8>>,
+    fail: bool,
 }
 
 impl IpSender for Wire {
@@ -47,6 +49,9 @@ impl IpSender for Wire {
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> bool {
         assert_eq!((src, dst), (US, PEER));
+        if self.fail {
+            return false;
+        }
         let mut b = vec![0xa5; l4_len];
         fill(&mut b);
         self.out.push(b);
@@ -548,6 +553,32 @@ fn data_and_fin_before_accept_are_delivered_on_accept() {
 }
 
 #[test]
+fn connection_reset_before_accept_is_reported_with_cookie_0() {
+    let mut t = T::listening();
+    t.inject_syn(None, None);
+    t.flush();
+    let our = t.one_out().seq() + 1;
+    t.inject(PISS + 1, Some(our), ACK, 512, &[]);
+    let conn = match t.events().as_slice() {
+        [TcpEvent::Knock { conn, .. }] => *conn,
+        e => panic!("{e:?}"),
+    };
+    t.inject(PISS + 1, Some(our), RST, 0, &[]);
+    match t.events().as_slice() {
+        [TcpEvent::Dead {
+            conn: c,
+            cookie: 0,
+            reason: DeadReason::Reset,
+        }] => assert_eq!(*c, conn),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(t.s.accept(conn, 1, &mut t.ev), Err(TcpError::InvalidConn));
+    // The backlog slot was released: a new connection is admitted.
+    t.inject_syn(None, None);
+    assert_eq!(t.s.conn_count(), 1);
+}
+
+#[test]
 fn reject_sends_rst_and_frees() {
     let mut t = T::listening();
     t.inject_syn(None, None);
@@ -775,6 +806,76 @@ fn established_overlapping_and_duplicate_segments_delivered_once() {
     assert!(t.events().is_empty());
     assert!(t.s.stats().duplicate_segments >= 2);
     assert_eq!(t.s.stats().rx_queue_used, 0);
+}
+
+#[test]
+fn established_receive_sequence_wraps_around() {
+    let mut t = T::listening();
+    let r = TcpRepr {
+        src_port: PEER_PORT,
+        dst_port: PORT,
+        seq: SeqNum(u32::MAX - 4),
+        ack: None,
+        flags: SYN,
+        window: 100,
+        mss: None,
+        window_scale: None,
+        sack_permitted: false,
+        payload_len: 0,
+    };
+    t.inject_repr(r, &[]);
+    t.flush();
+    let our = t.one_out().seq() + 1;
+    let base = u32::MAX - 3;
+    t.inject(base, Some(our), ACK, 100, &[]);
+    let conn = match t.events().as_slice() {
+        [TcpEvent::Knock { conn, .. }] => *conn,
+        e => panic!("{e:?}"),
+    };
+    t.s.accept(conn, 1, &mut t.ev).unwrap();
+    // The second piece, past the wrap, arrives first.
+    t.inject(base.wrapping_add(6), Some(our), ACK, 100, b"ghijkl");
+    assert!(t.events().is_empty());
+    t.inject(base, Some(our), ACK, 100, b"abcdef");
+    assert_eq!(recv_bytes(&t.events()), b"abcdefghijkl");
+    t.flush();
+    assert_eq!(t.one_out().ack(), base.wrapping_add(12));
+}
+
+#[test]
+fn segment_refused_by_ip_layer_is_retransmitted() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    t.s.send(conn, &[TxBuf::from_static(b"retry me")]).unwrap();
+    t.wire.fail = true;
+    t.flush();
+    assert_eq!(t.s.stats().segs_out_failed, 1);
+    t.wire.fail = false;
+    t.wait(Duration::from_millis(201));
+    let o = t.one_out();
+    assert_eq!((o.seq(), o.payload.as_slice()), (our, &b"retry me"[..]));
+}
+
+#[test]
+fn closed_connection_behind_a_zero_window_gives_up() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    t.inject(PISS + 1, Some(our), ACK, 0, &[]);
+    t.s.send(conn, &[TxBuf::from_static(b"never")]).unwrap();
+    t.s.close(conn).unwrap();
+    t.flush();
+    for _ in 0..100 {
+        t.wait(Duration::from_secs(10));
+        // The peer keeps answering every probe with a zero window.
+        if !t.out().is_empty() && t.s.conn_count() == 1 {
+            t.inject(PISS + 1, Some(our), ACK, 0, &[]);
+        }
+    }
+    assert_eq!(t.s.conn_count(), 0);
+    let st = t.s.stats();
+    assert!(st.window_probes >= 8);
+    assert_eq!(st.rst_sent, 1);
+    assert_eq!(st.fast_retransmits, 0, "answers to probes are not dup ACKs");
 }
 
 #[test]
