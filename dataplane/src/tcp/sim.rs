@@ -576,3 +576,39 @@ fn slow_readers_close_the_window_and_probes_reopen_it_under_loss() {
         "windows closed and were probed"
     );
 }
+
+#[test]
+fn every_seed_completes_under_heavy_impairment() {
+    // Many small runs with different seeds and harsher, varied settings:
+    // a cheap way to reach rare interleavings (lost FINs, lost SYN-ACKs,
+    // losses in recovery, duplicated RSTs after close).
+    for seed in 0..12u64 {
+        let mut rng = SmallRng::seed_from_u64(100 + seed);
+        let plan: Plan = (0..12)
+            .map(|_| [random_messages(&mut rng), random_messages(&mut rng)])
+            .collect();
+        let params = NetParams {
+            loss: 0.05 + 0.1 * rng.gen::<f64>(),
+            dup: 0.05 * rng.gen::<f64>(),
+            reorder: 0.2 * rng.gen::<f64>(),
+            delay: Duration::from_micros(rng.gen_range(10..500)),
+            jitter: Duration::from_micros(rng.gen_range(0..500)),
+        };
+        let cfg = TcpConfig {
+            recv_buffer: rng.gen_range(4..=64) * 1024,
+            send_buffer: rng.gen_range(4..=64) * 1024,
+            window_scale: rng.gen_range(0..=8),
+            mss: rng.gen_range(200..=1460),
+            ..sim_config()
+        };
+        let mut sim = Sim::new(seed, params, cfg, 4096, &plan);
+        if seed % 3 == 0 {
+            sim.nodes[1].release_every = Some(Duration::from_millis(3));
+        }
+        let r = sim.run(Duration::from_secs(3600));
+        eprintln!(
+            "seed {seed}: {params:?}: {:?} virtual, {} frames, {} lost",
+            r.virtual_time, r.frames, r.lost
+        );
+    }
+}
