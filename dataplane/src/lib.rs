@@ -9,6 +9,7 @@ pub mod mem;
 pub mod net;
 pub mod nic;
 pub mod rss;
+pub mod tcp;
 pub mod time;
 pub mod timer;
 pub mod txbuf;

@@ -204,6 +204,13 @@ impl<T: Copy> TimerWheel<T> {
         true
     }
 
+    /// Whether `id` is still pending (neither fired nor cancelled).
+    pub fn is_pending(&self, id: TimerId) -> bool {
+        self.entries
+            .get(id.idx as usize)
+            .is_some_and(|e| e.gen == id.gen && e.list != FREE)
+    }
+
     /// Fires, by calling `fire` with its token, every timer whose deadline
     /// is at or before `now`, and moves the wheel's clock to `now`. Returns
     /// the number of timers fired. Timers fire in deadline order up to the
@@ -405,7 +412,9 @@ mod tests {
         let mut w = TimerWheel::new(start, 4);
         let a = w.schedule(Instant::from_millis(1), 1).unwrap();
         let b = w.schedule(Instant::from_millis(2), 2).unwrap();
+        assert!(w.is_pending(a));
         assert!(w.cancel(a));
+        assert!(!w.is_pending(a));
         assert!(!w.cancel(a), "second cancel is a no-op");
         assert_eq!(w.len(), 1);
         // The slot of `a` is reused; the old id must not cancel the new timer.
