@@ -5,6 +5,7 @@
 //! See `docs/ARCHITECTURE.md` at the repository root for the data path.
 
 pub mod buf;
+pub mod elastic;
 pub mod mem;
 pub mod net;
 pub mod nic;

@@ -1,0 +1,698 @@
+//! The elastic thread: one per core, owning one RX/TX queue pair, running
+//! to completion. This file is the hot path; read it top to bottom.
+//!
+//! One turn of the loop, in IX's order:
+//!
+//! 1. read the clock once;
+//! 2. apply what the application released since the last turn
+//!    (`recv_done` of dropped receive buffers reopens TCP windows);
+//! 3. timers: TCP (retransmission, delayed ACK, persist, TIME_WAIT), ARP,
+//!    and the application's own;
+//! 4. poll the RX queue for at most `batch` frames — take what is there,
+//!    never wait for a batch to fill (adaptive batching);
+//! 5. run each frame through Ethernet → ARP/IPv4 → ICMP | TCP, appending
+//!    events to the core's event array;
+//! 6. hand the event array to the application's handlers, whose calls act
+//!    on this core's stack directly (same protection domain, no crossing);
+//! 7. TCP output for every connection touched this turn, then one TX burst.
+//!
+//! No locks, no allocation and no system calls in steady state: buffers
+//! come from the queue's pool, the event and TX arrays are reused, and the
+//! only shared state (counters for the control plane) is written with
+//! relaxed atomics.
+
+use std::cell::RefCell;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::buf::{PktBuf, Pool};
+use crate::net::iface::{Delivered, IfaceConfig, Interface};
+use crate::nic::QueuePair;
+use crate::rss::{FlowTuple, RssConfig};
+use crate::tcp::{ConnId, FourTuple, TcpConfig, TcpError, TcpEvent, TcpStack};
+use crate::time::Instant;
+use crate::timer::TimerWheel;
+use crate::txbuf::TxBuf;
+
+/// Default bound on the RX batch (IX's B).
+pub const DEFAULT_BATCH: usize = 64;
+
+/// Loop turns between two publications of the slower counters.
+const PUBLISH_EVERY: u32 = 4096;
+
+/// Configuration of one elastic thread.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Index of the queue pair (and of the core among the dataplane's).
+    pub queue: u16,
+    /// The port's RSS configuration (to pick local ports for outgoing
+    /// connections whose replies hash back to this queue).
+    pub rss: RssConfig,
+    /// The interface's addresses.
+    pub iface: IfaceConfig,
+    /// TCP parameters.
+    pub tcp: TcpConfig,
+    /// Upper bound of the adaptive RX batch.
+    pub batch: usize,
+    /// Capacity of the application timer wheel.
+    pub app_timers: usize,
+}
+
+/// Counters of one elastic thread, readable from other threads (the
+/// control plane's stats page) while the thread runs.
+#[derive(Debug, Default)]
+pub struct CoreCounters {
+    /// Frames received.
+    pub rx_packets: AtomicU64,
+    /// Frames transmitted.
+    pub tx_packets: AtomicU64,
+    /// Loop turns that received at least one frame.
+    pub batches: AtomicU64,
+    /// Loop turns with nothing to do.
+    pub idle_loops: AtomicU64,
+    /// Frames dropped anywhere on this core (NIC, IP layer, TCP).
+    pub drops: AtomicU64,
+    /// Events delivered to the application.
+    pub events: AtomicU64,
+    /// Live TCP connections.
+    pub connections: AtomicU64,
+}
+
+impl CoreCounters {
+    /// Mean RX batch size over the thread's life.
+    pub fn mean_batch(&self) -> f64 {
+        let b = self.batches.load(Ordering::Relaxed);
+        if b == 0 {
+            0.0
+        } else {
+            self.rx_packets.load(Ordering::Relaxed) as f64 / b as f64
+        }
+    }
+}
+
+/// Errors of calls an application makes on its core.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// TCP refused the call.
+    #[error(transparent)]
+    Tcp(#[from] TcpError),
+    /// No local port is free for an outgoing connection to this peer.
+    #[error("no free local port for a connection to {0} that hashes to this core")]
+    NoLocalPort(SocketAddrV4),
+    /// The application timer wheel is full.
+    #[error("too many application timers armed")]
+    TimersFull,
+}
+
+/// Receive buffers the application has released, applied at the next turn.
+///
+/// Shared (single-threaded) between the core and every [`RxView`] it
+/// handed out.
+#[derive(Debug, Default)]
+pub struct ReleaseQueue {
+    pending: RefCell<Vec<(ConnId, u32)>>,
+}
+
+/// A received, in-order payload held by the application.
+///
+/// Dropping it tells TCP the bytes are consumed (`recv_done`): until then
+/// they count against the receive window — flow control by ownership.
+#[derive(Debug)]
+pub struct RxView {
+    data: PktBuf,
+    conn: ConnId,
+    released: Rc<ReleaseQueue>,
+}
+
+impl RxView {
+    /// The payload bytes (a view into the RX packet buffer).
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        self.data.data()
+    }
+
+    /// The connection the payload arrived on.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// A transmit buffer over the same bytes (no copy): for echoing or
+    /// forwarding received data. The packet buffer stays alive until the
+    /// peer acknowledges it.
+    #[inline]
+    pub fn to_tx(&self) -> TxBuf {
+        TxBuf::from_packet(self.data.clone())
+    }
+}
+
+impl Drop for RxView {
+    #[inline]
+    fn drop(&mut self) {
+        self.released
+            .pending
+            .borrow_mut()
+            .push((self.conn, self.data.len() as u32));
+    }
+}
+
+/// An event for the application, produced by one loop turn.
+#[derive(Debug)]
+pub enum AppEvent {
+    /// A connection completed its handshake on a listening port.
+    Knock {
+        /// The new connection.
+        conn: ConnId,
+        /// Its addresses.
+        tuple: FourTuple,
+    },
+    /// An outgoing connection is established, or failed.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// Whether it succeeded.
+        result: Result<(), crate::tcp::ConnectError>,
+    },
+    /// In-order data arrived.
+    Recv {
+        /// The payload.
+        data: RxView,
+    },
+    /// The peer acknowledged bytes.
+    Sent {
+        /// The connection.
+        conn: ConnId,
+        /// Bytes newly acknowledged.
+        acked: u32,
+    },
+    /// The peer closed its side, or the connection died.
+    Dead {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: crate::tcp::DeadReason,
+    },
+    /// An application timer fired.
+    Timer {
+        /// The token given when it was armed.
+        token: u64,
+    },
+}
+
+/// What the application sees of its core: the calls it can make.
+pub struct Core {
+    cfg: CoreConfig,
+    now: Instant,
+    pool: Pool,
+    iface: Interface,
+    tcp: TcpStack,
+    app_timers: TimerWheel<u64>,
+    released: Rc<ReleaseQueue>,
+    late_events: Vec<TcpEvent>,
+    tx: Vec<PktBuf>,
+    next_port: u16,
+    stop: bool,
+}
+
+impl Core {
+    /// The current time (read once per turn).
+    #[inline]
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// This core's queue index.
+    pub fn queue(&self) -> u16 {
+        self.cfg.queue
+    }
+
+    /// The interface address.
+    pub fn local_ip(&self) -> Ipv4Addr {
+        self.cfg.iface.ip
+    }
+
+    /// Starts accepting connections on `port`.
+    pub fn listen(&mut self, port: u16) -> Result<(), CallError> {
+        Ok(self.tcp.listen(port)?)
+    }
+
+    /// Accepts a knocking connection.
+    pub fn accept(&mut self, conn: ConnId) -> Result<(), CallError> {
+        Ok(self.tcp.accept(conn, 0, &mut self.late_events)?)
+    }
+
+    /// Rejects a knocking connection (the peer sees a reset).
+    pub fn reject(&mut self, conn: ConnId) -> Result<(), CallError> {
+        Ok(self.tcp.reject(conn)?)
+    }
+
+    /// Opens a connection to `remote`, choosing a local port whose flow
+    /// hashes back to this core's queue.
+    pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, CallError> {
+        const FIRST: u16 = 32768;
+        let local_ip = self.cfg.iface.ip;
+        for _ in 0..(u16::MAX - FIRST) {
+            let port = self.next_port;
+            self.next_port = if port == u16::MAX { FIRST } else { port + 1 };
+            let inbound = FlowTuple {
+                src_ip: remote.ip().octets(),
+                dst_ip: local_ip.octets(),
+                src_port: remote.port(),
+                dst_port: port,
+            };
+            if self.cfg.rss.queue_for(&inbound) != self.cfg.queue {
+                continue;
+            }
+            let tuple = FourTuple {
+                local: SocketAddrV4::new(local_ip, port),
+                remote,
+            };
+            match self.tcp.connect(self.now, tuple, 0) {
+                Ok(conn) => return Ok(conn),
+                Err(TcpError::TupleInUse) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CallError::NoLocalPort(remote))
+    }
+
+    /// Queues `bufs` for sending, without copying them. Returns how many
+    /// bytes the send buffer took (from the front); send the rest after a
+    /// `Sent` event.
+    #[inline]
+    pub fn sendv(&mut self, conn: ConnId, bufs: &[TxBuf]) -> Result<usize, CallError> {
+        Ok(self.tcp.send(conn, bufs)?)
+    }
+
+    /// Closes the connection in order: queued data, then FIN. The handle is
+    /// invalid afterwards.
+    pub fn close(&mut self, conn: ConnId) -> Result<(), CallError> {
+        Ok(self.tcp.close(conn)?)
+    }
+
+    /// Resets the connection now.
+    pub fn abort(&mut self, conn: ConnId) -> Result<(), CallError> {
+        Ok(self.tcp.abort(conn)?)
+    }
+
+    /// Arms a one-shot application timer that fires `after` from now with
+    /// `token`.
+    pub fn arm_timer(&mut self, after: Duration, token: u64) -> Result<(), CallError> {
+        self.app_timers
+            .schedule(self.now + after, token)
+            .map(|_| ())
+            .map_err(|_| CallError::TimersFull)
+    }
+
+    /// Asks the loop to end after this turn.
+    pub fn stop(&mut self) {
+        self.stop = true;
+    }
+
+    /// TCP counters.
+    pub fn tcp_stats(&self) -> crate::tcp::TcpStats {
+        self.tcp.stats()
+    }
+
+    /// Network-layer counters.
+    pub fn net_stats(&self) -> crate::net::iface::NetStats {
+        self.iface.stats()
+    }
+
+    /// Adds a neighbour whose MAC is known in advance.
+    pub fn add_static_arp(&mut self, ip: Ipv4Addr, mac: crate::wire::ethernet::EthernetAddress) {
+        self.iface.add_static_arp(ip, mac);
+    }
+
+    /// Live connections.
+    pub fn connections(&self) -> usize {
+        self.tcp.conn_count()
+    }
+
+    fn apply_releases(&mut self) {
+        let mut pending = self.released.pending.borrow_mut();
+        for (conn, len) in pending.drain(..) {
+            // A connection closed since the data was delivered no longer
+            // has a window to reopen; nothing to do.
+            let _ = self.tcp.recv_done(conn, len as usize);
+        }
+    }
+}
+
+/// The application side of the loop: receives each turn's events.
+pub trait Handler {
+    /// Called once before the first turn (listen, connect, arm timers).
+    fn start(&mut self, core: &mut Core);
+    /// Called with the events of one turn, in order. The vector is drained
+    /// by the callee or cleared after the call.
+    fn handle(&mut self, core: &mut Core, events: &mut Vec<AppEvent>);
+}
+
+/// Turns TCP's events into the application's, wrapping received data in
+/// views that release their bytes when dropped.
+#[inline]
+fn convert_events(tcp: &mut Vec<TcpEvent>, app: &mut Vec<AppEvent>, released: &Rc<ReleaseQueue>) {
+    for ev in tcp.drain(..) {
+        app.push(match ev {
+            TcpEvent::Knock { conn, tuple } => AppEvent::Knock { conn, tuple },
+            TcpEvent::Connected { conn, result, .. } => AppEvent::Connected { conn, result },
+            TcpEvent::Recv { conn, data, .. } => AppEvent::Recv {
+                data: RxView {
+                    data,
+                    conn,
+                    released: released.clone(),
+                },
+            },
+            TcpEvent::Sent { conn, acked, .. } => AppEvent::Sent { conn, acked },
+            TcpEvent::Dead { conn, reason, .. } => AppEvent::Dead { conn, reason },
+        });
+    }
+}
+
+/// One elastic thread's state: the [`Core`] plus the loop's scratch arrays.
+pub struct ElasticThread<Q: QueuePair> {
+    queue: Q,
+    core: Core,
+    rx: Vec<PktBuf>,
+    tcp_events: Vec<TcpEvent>,
+    events: Vec<AppEvent>,
+    counters: Arc<CoreCounters>,
+}
+
+impl<Q: QueuePair> ElasticThread<Q> {
+    /// Builds the thread's state around an opened queue pair.
+    pub fn new(cfg: CoreConfig, queue: Q, counters: Arc<CoreCounters>) -> Self {
+        let now = Instant::now();
+        let pool = queue.pool().clone();
+        let batch = cfg.batch.max(1);
+        let max_conns = cfg.tcp.max_conns;
+        let core = Core {
+            iface: Interface::new(cfg.iface.clone(), now),
+            tcp: TcpStack::new(cfg.tcp.clone(), now, rand::random()),
+            app_timers: TimerWheel::new(now, cfg.app_timers),
+            released: Rc::new(ReleaseQueue {
+                pending: RefCell::new(Vec::with_capacity(4 * batch + max_conns)),
+            }),
+            late_events: Vec::with_capacity(4 * batch),
+            tx: Vec::with_capacity(4 * batch + 64),
+            next_port: 32768 + cfg.queue * 7,
+            stop: false,
+            now,
+            pool,
+            cfg,
+        };
+        ElasticThread {
+            queue,
+            rx: Vec::with_capacity(batch),
+            tcp_events: Vec::with_capacity(4 * batch),
+            events: Vec::with_capacity(4 * batch),
+            counters,
+            core,
+        }
+    }
+
+    /// The core, for set-up before the loop starts.
+    pub fn core(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    /// Runs the loop until the handler calls [`Core::stop`] or `stop` is
+    /// set by another thread.
+    pub fn run<H: Handler>(&mut self, handler: &mut H, stop: &AtomicBool) {
+        self.core.now = Instant::now();
+        handler.start(&mut self.core);
+        self.flush_tx();
+        let mut turns: u32 = 0;
+        while !self.core.stop && !stop.load(Ordering::Relaxed) {
+            self.turn(handler);
+            turns = turns.wrapping_add(1);
+            if turns % PUBLISH_EVERY == 0 {
+                self.publish();
+            }
+        }
+        self.publish();
+        self.core.apply_releases();
+    }
+
+    /// One turn of the loop. Returns whether anything happened.
+    pub fn turn<H: Handler>(&mut self, handler: &mut H) -> bool {
+        let core = &mut self.core;
+        // 1. clock
+        core.now = Instant::now();
+        let now = core.now;
+
+        // 2. buffers the application released since the last turn
+        core.apply_releases();
+
+        // 3. timers
+        core.tcp.poll(
+            now,
+            &mut core.iface.sender(now, &core.pool, &mut core.tx),
+            &mut self.tcp_events,
+        );
+        core.iface.poll(now, &core.pool, &mut core.tx);
+        let events = &mut self.events;
+        core.app_timers
+            .advance(now, |token| events.push(AppEvent::Timer { token }));
+
+        // 4. RX, adaptive batch
+        let n = self.queue.rx_burst(&mut self.rx, core.cfg.batch);
+
+        // 5. protocol processing
+        for frame in self.rx.drain(..) {
+            if let Some(Delivered::Tcp { src, dst, segment }) =
+                core.iface.receive(now, frame, &core.pool, &mut core.tx)
+            {
+                core.tcp.input(
+                    now,
+                    src,
+                    dst,
+                    segment,
+                    &mut core.iface.sender(now, &core.pool, &mut core.tx),
+                    &mut self.tcp_events,
+                );
+            }
+        }
+        convert_events(&mut self.tcp_events, &mut self.events, &core.released);
+
+        // 6. the application; accepting a connection can deliver data that
+        // arrived before the accept, which is handed over in the same turn
+        let had_events = !self.events.is_empty();
+        while !self.events.is_empty() {
+            self.counters
+                .events
+                .fetch_add(self.events.len() as u64, Ordering::Relaxed);
+            handler.handle(core, &mut self.events);
+            self.events.clear();
+            convert_events(&mut core.late_events, &mut self.events, &core.released);
+        }
+
+        // 7. TCP output and TX
+        core.apply_releases();
+        core.tcp
+            .flush(now, &mut core.iface.sender(now, &core.pool, &mut core.tx));
+        let sent = self.flush_tx();
+
+        if n > 0 {
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .rx_packets
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let busy = n > 0 || had_events || sent > 0;
+        if !busy {
+            self.counters.idle_loops.fetch_add(1, Ordering::Relaxed);
+            std::hint::spin_loop();
+        }
+        busy
+    }
+
+    fn flush_tx(&mut self) -> usize {
+        let mut sent = 0;
+        if !self.core.tx.is_empty() {
+            sent = self.queue.tx_burst(&mut self.core.tx);
+            self.counters
+                .tx_packets
+                .fetch_add(sent as u64, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// The queue pair's counters.
+    pub fn queue_stats(&self) -> crate::nic::QueueStats {
+        self.queue.stats()
+    }
+
+    /// Publishes the slower-moving counters (connections, drops).
+    pub fn publish(&self) {
+        let q = self.queue.stats();
+        let drops = q.rx_dropped + q.tx_dropped + self.core.iface.stats().dropped_total();
+        self.counters.drops.store(drops, Ordering::Relaxed);
+        self.counters
+            .connections
+            .store(self.core.tcp.conn_count() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::Pool;
+    use crate::nic::pipe::{self, PipeQueue};
+    use crate::wire::ethernet::EthernetAddress;
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+
+    fn core_cfg(ip: Ipv4Addr, last: u8) -> CoreConfig {
+        CoreConfig {
+            queue: 0,
+            rss: RssConfig::round_robin(1, 16),
+            iface: IfaceConfig {
+                mac: EthernetAddress([2, 0, 0, 0, 0, last]),
+                ip,
+                prefix_len: 24,
+                gateway: None,
+                mtu: 1500,
+            },
+            tcp: TcpConfig::default(),
+            batch: DEFAULT_BATCH,
+            app_timers: 64,
+        }
+    }
+
+    fn threads() -> (ElasticThread<PipeQueue>, ElasticThread<PipeQueue>) {
+        let (a, b) = pipe::pair(
+            Pool::new(1, 4096, false).unwrap(),
+            Pool::new(2, 4096, false).unwrap(),
+            1024,
+        );
+        (
+            ElasticThread::new(core_cfg(SERVER, 1), a, Arc::default()),
+            ElasticThread::new(core_cfg(CLIENT, 2), b, Arc::default()),
+        )
+    }
+
+    /// Echoes everything, keeping what the send window did not take.
+    #[derive(Default)]
+    struct Echo {
+        backlog: Vec<(ConnId, TxBuf)>,
+        peer_closed: usize,
+    }
+
+    impl Handler for Echo {
+        fn start(&mut self, core: &mut Core) {
+            core.listen(7).unwrap();
+        }
+        fn handle(&mut self, core: &mut Core, events: &mut Vec<AppEvent>) {
+            for ev in events.drain(..) {
+                match ev {
+                    AppEvent::Knock { conn, .. } => core.accept(conn).unwrap(),
+                    AppEvent::Recv { data } => self.backlog.push((data.conn(), data.to_tx())),
+                    AppEvent::Dead { conn, reason } => {
+                        assert_eq!(reason, crate::tcp::DeadReason::PeerClosed);
+                        self.peer_closed += 1;
+                        core.close(conn).unwrap();
+                    }
+                    AppEvent::Sent { .. } | AppEvent::Connected { .. } | AppEvent::Timer { .. } => {
+                    }
+                }
+            }
+            let mut rest = Vec::new();
+            for (conn, mut buf) in self.backlog.drain(..) {
+                let n = core.sendv(conn, std::slice::from_ref(&buf)).unwrap();
+                if n < buf.len() {
+                    buf.advance(n);
+                    rest.push((conn, buf));
+                }
+            }
+            self.backlog = rest;
+        }
+    }
+
+    /// Sends `total` bytes of a pattern on one connection, verifies the
+    /// echo, then closes.
+    struct Sender {
+        total: usize,
+        sent: usize,
+        received: Vec<u8>,
+        conn: Option<ConnId>,
+        connected: bool,
+        closed: bool,
+    }
+
+    fn byte(i: usize) -> u8 {
+        (i * 31 + i / 253) as u8
+    }
+
+    impl Handler for Sender {
+        fn start(&mut self, core: &mut Core) {
+            self.conn = Some(core.connect(SocketAddrV4::new(SERVER, 7)).unwrap());
+        }
+        fn handle(&mut self, core: &mut Core, events: &mut Vec<AppEvent>) {
+            for ev in events.drain(..) {
+                match ev {
+                    AppEvent::Connected { result, .. } => {
+                        result.unwrap();
+                        self.connected = true;
+                    }
+                    AppEvent::Recv { data } => self.received.extend_from_slice(data.data()),
+                    AppEvent::Dead { conn, reason } => {
+                        assert_eq!(reason, crate::tcp::DeadReason::PeerClosed);
+                        assert!(self.closed, "server closed first on {conn:?}");
+                    }
+                    _ => {}
+                }
+            }
+            let conn = self.conn.unwrap();
+            if self.connected && self.sent < self.total {
+                let n = (self.total - self.sent).min(4000);
+                let chunk: Vec<u8> = (self.sent..self.sent + n).map(byte).collect();
+                self.sent += core.sendv(conn, &[TxBuf::from_vec(chunk)]).unwrap();
+            }
+            if self.received.len() == self.total && !self.closed {
+                core.close(conn).unwrap();
+                self.closed = true;
+            }
+        }
+    }
+
+    #[test]
+    fn echo_over_a_pipe_delivers_every_byte_and_closes_in_order() {
+        let (mut server, mut client) = threads();
+        let mut echo = Echo::default();
+        let mut sender = Sender {
+            total: 300_000,
+            sent: 0,
+            received: Vec::new(),
+            conn: None,
+            connected: false,
+            closed: false,
+        };
+        echo.start(server.core());
+        sender.start(client.core());
+        for _ in 0..200_000 {
+            server.turn(&mut echo);
+            client.turn(&mut sender);
+            if sender.closed && echo.peer_closed == 1 && server.core().connections() == 0 {
+                break;
+            }
+        }
+        assert_eq!(sender.received.len(), sender.total);
+        assert!(sender
+            .received
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == byte(i)));
+        assert!(sender.closed);
+        assert_eq!(echo.peer_closed, 1);
+        // The server's side ends in CLOSED (the client holds TIME-WAIT).
+        assert_eq!(server.core().connections(), 0);
+        assert_eq!(
+            server.queue.pool().available(),
+            server.queue.pool().capacity()
+        );
+    }
+}
