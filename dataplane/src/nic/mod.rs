@@ -12,6 +12,8 @@
 //! [`fault`] (a wrapper injecting loss, duplication, reordering and
 //! corruption for tests).
 
+pub mod memif;
+
 use crate::buf::{PktBuf, Pool};
 
 /// Counters kept by every queue pair.
