@@ -142,6 +142,12 @@ pub struct MemifPort {
     thread: Option<JoinHandle<()>>,
 }
 
+// The port is shared between the threads that poll its queues.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<MemifPort>();
+};
+
 impl std::fmt::Debug for MemifPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemifPort")
@@ -244,6 +250,13 @@ impl MemifPort {
     /// The configuration.
     pub fn config(&self) -> &MemifConfig {
         &self.shared.cfg
+    }
+
+    /// The state shared with the control thread (tests reach the rings
+    /// through it to play a misbehaving peer).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Takes queue pair `q`, receiving into `pool`. Call it on the thread

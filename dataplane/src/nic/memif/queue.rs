@@ -693,3 +693,146 @@ impl Drop for MemifQueue {
         self.shared.release_queue(self.q);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nic::memif::{MemifConfig, MemifPort};
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    /// A connected master/slave pair on a socket in a fresh directory.
+    struct Pair {
+        dir: PathBuf,
+        master: MemifPort,
+        slave: MemifPort,
+    }
+
+    impl Drop for Pair {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn pair(tag: &str) -> Pair {
+        let dir = std::env::temp_dir().join(format!("ix-memif-q-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("memif.sock");
+        let cfg = |role| MemifConfig {
+            log2_ring_size: 4,
+            ..MemifConfig::new(&sock, role)
+        };
+        let master = MemifPort::open(cfg(MemifRole::Master)).unwrap();
+        let slave = MemifPort::open(cfg(MemifRole::Slave)).unwrap();
+        master.wait_connected(Duration::from_secs(10)).unwrap();
+        slave.wait_connected(Duration::from_secs(10)).unwrap();
+        Pair { dir, master, slave }
+    }
+
+    fn conn(p: &MemifPort) -> Arc<Connection> {
+        p.shared().snapshot().1.expect("connected")
+    }
+
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn descriptor_outside_the_regions_drops_only_that_frame() {
+        let p = pair("baddesc");
+        let mut mq = p.master.queue(0, Pool::new(1, 32, false).unwrap()).unwrap();
+        let mut sq = p.slave.queue(0, Pool::new(2, 32, false).unwrap()).unwrap();
+        assert!(mq.is_up() && sq.is_up());
+        assert_eq!(sq.tx_burst_bytes(&[&[1u8; 60], &[2u8; 60], &[3u8; 60]]), 3);
+        // The slave "lies" about its first two descriptors after publishing.
+        let ring = conn(&p.slave).ring(true, 0);
+        let d = ring.desc(0);
+        ring.set_desc(0, Desc { region: 7, ..d });
+        let d = ring.desc(1);
+        ring.set_desc(
+            1,
+            Desc {
+                offset: u32::MAX - 10,
+                ..d
+            },
+        );
+        let mut got = Vec::new();
+        assert_eq!(mq.rx_burst(&mut got, 8), 1);
+        assert_eq!(got[0].data(), &[3u8; 60][..]);
+        assert_eq!(mq.stats().rx_dropped, 2);
+        assert!(p.master.is_connected(), "a bad descriptor is not fatal");
+    }
+
+    #[test]
+    fn ring_index_beyond_the_ring_ends_the_connection() {
+        let p = pair("badindex");
+        let mut mq = p.master.queue(0, Pool::new(1, 32, false).unwrap()).unwrap();
+        assert!(mq.is_up());
+        let first = p.master.connections();
+        // head 21 ahead of the master's tail on a 16-slot ring.
+        conn(&p.slave).ring(true, 0).set_head(21, Ordering::Release);
+        let mut got = Vec::new();
+        assert_eq!(mq.rx_burst(&mut got, 8), 0);
+        // Until the control thread acts, the queue treats the link as down.
+        assert_eq!(mq.tx_burst_bytes(&[&[0u8; 60]]), 1);
+        assert_eq!(mq.stats().tx_dropped, 1);
+        wait_for("the disconnect", || {
+            p.master
+                .last_event()
+                .is_some_and(|e| e.contains("beyond the ring"))
+        });
+        // The slave was told, and reconnects with fresh rings.
+        wait_for("the reconnect", || p.master.connections() > first);
+        wait_for("the queue to see the link", || mq.is_up());
+    }
+
+    #[test]
+    fn posted_buffer_outside_the_regions_ends_the_connection() {
+        let p = pair("badpost");
+        let mut mq = p.master.queue(0, Pool::new(1, 32, false).unwrap()).unwrap();
+        assert!(mq.is_up());
+        let ring = conn(&p.slave).ring(false, 0);
+        let d = ring.desc(0);
+        ring.set_desc(
+            0,
+            Desc {
+                offset: u32::MAX - 100,
+                ..d
+            },
+        );
+        assert_eq!(mq.tx_burst_bytes(&[&[5u8; 200]]), 0);
+        wait_for("the disconnect", || {
+            p.master
+                .last_event()
+                .is_some_and(|e| e.contains("outside its regions"))
+        });
+        wait_for("the slave to hear it", || {
+            p.slave
+                .last_event()
+                .is_some_and(|e| e.contains("outside its regions"))
+        });
+    }
+
+    #[test]
+    fn chain_published_half_way_waits_for_the_rest() {
+        let p = pair("halfchain");
+        let mut mq = p.master.queue(0, Pool::new(1, 32, false).unwrap()).unwrap();
+        let mut sq = p.slave.queue(0, Pool::new(2, 32, false).unwrap()).unwrap();
+        assert!(mq.is_up() && sq.is_up());
+        // Three-segment frame, published one slot at a time by hand.
+        let frame: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        assert_eq!(sq.tx_burst_bytes(&[&frame]), 1);
+        let ring = conn(&p.slave).ring(true, 0);
+        ring.set_head(1, Ordering::Release);
+        let mut got = Vec::new();
+        assert_eq!(mq.rx_burst_bytes(4, |f| got.push(f.to_vec())), 0);
+        ring.set_head(3, Ordering::Release);
+        assert_eq!(mq.rx_burst_bytes(4, |f| got.push(f.to_vec())), 1);
+        assert_eq!(got, vec![frame]);
+    }
+}
