@@ -60,15 +60,25 @@ struct Testpmd {
 }
 
 impl Testpmd {
-    fn start(bin: &Path, dir: &TempDir, tag: &str, role: &str, queues: u16) -> Testpmd {
+    /// Starts testpmd with one memif port. The socket is `memif.sock` in
+    /// `dir`, or the abstract address `abstract_name` when given.
+    fn start(
+        bin: &Path,
+        dir: &TempDir,
+        tag: &str,
+        role: &str,
+        queues: u16,
+        abstract_name: Option<&str>,
+    ) -> Testpmd {
         let dir = dir.0.clone();
         let prefix = format!("ixtest{}{tag}", std::process::id());
         let log = dir.join("testpmd.log");
         let sock = dir.join("memif.sock");
-        let vdev = format!(
-            "net_memif0,role={role},socket={},socket-abstract=no,id=0,bsize=2048,rsize=10",
-            sock.display()
-        );
+        let socket = match abstract_name {
+            Some(name) => format!("socket={name}"),
+            None => format!("socket={},socket-abstract=no", sock.display()),
+        };
+        let vdev = format!("net_memif0,role={role},{socket},id=0,bsize=2048,rsize=10");
         let child = Command::new(bin)
             .args([
                 "-l",
@@ -288,7 +298,7 @@ fn testpmd_server_echoes_what_our_slave_sends() {
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("srv");
-    let mut pmd = Testpmd::start(&bin, &dir, "srv", "server", 1);
+    let mut pmd = Testpmd::start(&bin, &dir, "srv", "server", 1, None);
     pmd.wait_started(Duration::from_secs(60));
     let port = MemifPort::open(MemifConfig::new(pmd.sock(), MemifRole::Slave)).unwrap();
     pmd.wait_connected(&port, Duration::from_secs(30));
@@ -312,7 +322,7 @@ fn testpmd_client_echoes_what_our_master_sends() {
     let dir = TempDir::new("cli");
     let sock = dir.0.join("memif.sock");
     let port = MemifPort::open(MemifConfig::new(&sock, MemifRole::Master)).unwrap();
-    let mut pmd = Testpmd::start(&bin, &dir, "cli", "client", 1);
+    let mut pmd = Testpmd::start(&bin, &dir, "cli", "client", 1, None);
     pmd.wait_connected(&port, Duration::from_secs(60));
     let mut q = port.queue(0, Pool::new(1, 1024, false).unwrap()).unwrap();
     wait_queue_up(&mut q);
@@ -331,7 +341,7 @@ fn testpmd_two_queues_pair_with_ours() {
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("mq");
-    let mut pmd = Testpmd::start(&bin, &dir, "mq", "server", 2);
+    let mut pmd = Testpmd::start(&bin, &dir, "mq", "server", 2, None);
     pmd.wait_started(Duration::from_secs(60));
     let port = MemifPort::open(MemifConfig {
         queues: 2,
@@ -346,4 +356,24 @@ fn testpmd_two_queues_pair_with_ours() {
         warm_up(&mut q, &pmd);
         echo_through(&mut q, &SIZES, 5_000, &pmd);
     }
+}
+
+#[test]
+fn testpmd_on_an_abstract_socket() {
+    let Some(bin) = testpmd_binary() else {
+        eprintln!("SKIPPED: dpdk-testpmd not installed");
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("abs");
+    // DPDK's default: an abstract address named by the socket argument.
+    let name = format!("ix-memif-test-{}", std::process::id());
+    let mut pmd = Testpmd::start(&bin, &dir, "abs", "server", 1, Some(&name));
+    pmd.wait_started(Duration::from_secs(60));
+    let port = MemifPort::open(MemifConfig::new(format!("@{name}"), MemifRole::Slave)).unwrap();
+    pmd.wait_connected(&port, Duration::from_secs(30));
+    let mut q = port.queue(0, Pool::new(1, 1024, false).unwrap()).unwrap();
+    wait_queue_up(&mut q);
+    warm_up(&mut q, &pmd);
+    echo_through(&mut q, &SIZES, 2_000, &pmd);
 }

@@ -99,6 +99,8 @@ trait Sink {
     fn begin(&mut self) -> bool;
     /// Appends one segment; false if it is invalid or does not fit.
     fn segment(&mut self, bufs: &Buffers, d: &Desc) -> bool;
+    /// Bytes in the frame so far.
+    fn len(&self) -> usize;
     /// Delivers the frame; returns its length.
     fn commit(&mut self) -> usize;
     /// Throws the frame away.
@@ -139,6 +141,11 @@ impl Sink for PktSink<'_> {
     }
 
     #[inline]
+    fn len(&self) -> usize {
+        self.cur.as_ref().map_or(0, PktBuf::len)
+    }
+
+    #[inline]
     fn commit(&mut self) -> usize {
         let b = self.cur.take().expect("commit after begin");
         let n = b.len();
@@ -174,6 +181,10 @@ impl<F: FnMut(&[u8])> Sink for ByteSink<'_, F> {
         }
         self.len = end;
         true
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 
     fn commit(&mut self) -> usize {
@@ -436,7 +447,8 @@ fn rx_ring<S: Sink>(
             break;
         }
         cur = s;
-        if ok {
+        // An empty frame is as malformed as a bad descriptor.
+        if ok && sink.len() > 0 {
             stats.rx_bytes += sink.commit() as u64;
             stats.rx_packets += 1;
             n += 1;
@@ -816,6 +828,38 @@ mod tests {
                 .last_event()
                 .is_some_and(|e| e.contains("outside its regions"))
         });
+    }
+
+    #[test]
+    fn empty_frame_is_dropped_and_counted() {
+        let p = pair("empty");
+        let mut mq = p.master.queue(0, Pool::new(1, 32, false).unwrap()).unwrap();
+        let mut sq = p.slave.queue(0, Pool::new(2, 32, false).unwrap()).unwrap();
+        assert!(mq.is_up() && sq.is_up());
+        assert_eq!(sq.tx_burst_bytes(&[&[1u8; 60], &[2u8; 60]]), 2);
+        conn(&p.slave).ring(true, 0).set_len_flags(0, 0, 0);
+        let mut got = Vec::new();
+        assert_eq!(mq.rx_burst(&mut got, 8), 1);
+        assert_eq!(got[0].data(), &[2u8; 60][..]);
+        assert_eq!(mq.stats().rx_dropped, 1);
+    }
+
+    #[test]
+    fn peer_in_interrupt_mode_gets_its_eventfd_signalled() {
+        let p = pair("intr");
+        let mut mq = p.master.queue(0, Pool::new(1, 32, false).unwrap()).unwrap();
+        assert!(mq.is_up());
+        let slave = conn(&p.slave);
+        let ring = slave.ring(false, 0);
+        let efd = slave.s2c[0].intr.as_fd();
+        // Polling peer (MASK_INT set): no signal.
+        assert_eq!(mq.tx_burst_bytes(&[&[1u8; 60]]), 1);
+        assert!(control::poll_readable(&[efd], Some(Duration::ZERO)).unwrap() == 0);
+        // The peer asks for interrupts: each burst signals once.
+        ring.set_flags(0);
+        assert_eq!(mq.tx_burst_bytes(&[&[2u8; 60], &[3u8; 60]]), 2);
+        assert!(control::poll_readable(&[efd], Some(Duration::ZERO)).unwrap() == 1);
+        control::eventfd_drain(efd);
     }
 
     #[test]
