@@ -476,10 +476,21 @@ fn check_init(init: &Init, p: &Params) -> Result<(), HandshakeError> {
         });
     }
     if let Some(secret) = p.secret.as_deref().filter(|s| !s.is_empty()) {
-        if init.secret[0] == 0 {
+        // Compared as C strings up to the first NUL, as DPDK's strncmp.
+        let given = &init.secret[..init
+            .secret
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(proto::SECRET_LEN)];
+        if given.is_empty() {
             return Err(HandshakeError::SecretRequired);
         }
-        if init.secret != proto::secret_field(Some(secret)) {
+        let want = proto::secret_field(Some(secret));
+        let want = &want[..want
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(proto::SECRET_LEN)];
+        if given != want {
             return Err(HandshakeError::SecretMismatch);
         }
     }
@@ -990,11 +1001,34 @@ mod tests {
         });
         assert!(matches!(r, Err(HandshakeError::SecretRequired)));
         assert_eq!(reason, "Secret required");
-        let (r, reason) = misbehaving_slave(p, |b| {
+        let (r, reason) = misbehaving_slave(p.clone(), |b| {
             b.send(&init(7, Some("open barley")), None).unwrap();
         });
         assert!(matches!(r, Err(HandshakeError::SecretMismatch)));
         assert_eq!(reason, "Incorrect secret");
+        // A prefix of the secret is not the secret.
+        let (r, _) = misbehaving_slave(p.clone(), |b| {
+            b.send(&init(7, Some("open")), None).unwrap();
+        });
+        assert!(matches!(r, Err(HandshakeError::SecretMismatch)));
+        // Bytes after the terminating NUL do not matter (C string compare).
+        let (a, b) = SeqPacket::pair().unwrap();
+        let peer = thread::spawn(move || {
+            assert!(matches!(recv_decoded(&b), Message::Hello(_)));
+            let mut m = init(7, Some("open sesame"));
+            m[9 + 12..9 + 24].fill(b'x');
+            m[9 + 11] = 0;
+            b.send(&m, None).unwrap();
+            recv_decoded(&b)
+        });
+        let r = master(&a, &p, Instant::now() + Duration::from_millis(200), None);
+        assert_eq!(
+            peer.join().unwrap(),
+            Message::Ack,
+            "the secret was accepted"
+        );
+        // Then the peer went quiet or away: no further step.
+        assert!(matches!(r, Err(HandshakeError::Control(_))));
     }
 
     #[test]

@@ -63,6 +63,13 @@
 //! buffer outside the regions, end the connection. Nothing a peer sends
 //! can make this side panic or touch memory outside the regions.
 //!
+//! One risk remains and is accepted: a slave that *shrinks* a region's
+//! file after the master mapped it makes the master's next access to the
+//! lost pages raise SIGBUS. The master checks at ADD_REGION that the fd
+//! holds the declared size; DPDK and this backend seal their 4 KiB-page
+//! regions against shrinking (`F_SEAL_SHRINK`), hugetlb memfds cannot be
+//! sealed. Run untrusted peers in separate isolation domains.
+//!
 //! # Socket paths
 //!
 //! A path starting with `@` is an abstract-namespace address (DPDK's
