@@ -14,6 +14,7 @@
 
 pub mod af_packet;
 pub mod fault;
+pub mod memif;
 pub mod pipe;
 
 use crate::buf::{PktBuf, Pool};
