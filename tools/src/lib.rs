@@ -12,5 +12,6 @@
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod echo;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -1,0 +1,285 @@
+//! libix — the application API of the IX dataplane.
+//!
+//! Not sockets: the dataplane runs your handlers with **events** (a
+//! connection knocks, data arrived, bytes were acknowledged, a connection
+//! died, a timer fired) and your handlers make **calls** on the core they
+//! run on (accept, send, close, connect, arm a timer). Everything happens on
+//! one pinned core, run to completion, with no locks.
+//!
+//! Zero-copy both ways:
+//! - [`RxBuf`] is a read-only view of the received packet buffer. While you
+//!   hold it, its bytes count against the connection's receive window (flow
+//!   control by ownership); dropping it tells TCP you are done
+//!   (`recv_done`).
+//! - [`TxBuf`] is an immutable, reference-counted buffer. [`Cx::sendv`]
+//!   keeps a reference until the peer acknowledges the bytes, then
+//!   [`App::sent`] tells you how many were acknowledged.
+//!
+//! # Example: an echo server
+//!
+//! ```no_run
+//! use libix::{App, Conn, Cx, Knock, FourTuple, RxBuf};
+//!
+//! struct Echo;
+//!
+//! impl App for Echo {
+//!     fn start(&mut self, cx: &mut Cx) {
+//!         cx.listen(7).expect("port 7 is free");
+//!     }
+//!     fn knock(&mut self, _cx: &mut Cx, _conn: Conn, _peer: FourTuple) -> Knock {
+//!         Knock::Accept
+//!     }
+//!     fn recv(&mut self, cx: &mut Cx, conn: Conn, data: RxBuf) {
+//!         // Zero-copy echo: the reply references the received buffer.
+//!         // (A real server keeps what the send window did not take and
+//!         // sends it after `sent`.)
+//!         let _ = cx.sendv(conn, &[data.to_tx()]);
+//!     } // `data` dropped here: its bytes are released to TCP.
+//! }
+//!
+//! fn main() -> Result<(), libix::IxError> {
+//!     let cfg = libix::Config::memif_master("/tmp/ix-echo.sock", "10.0.0.1".parse().unwrap());
+//!     let dp = libix::Dataplane::start(cfg, |_core| Echo)?;
+//!     dp.join()?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # What the types forbid at compile time
+//!
+//! Received data cannot be written:
+//!
+//! ```compile_fail
+//! fn scribble(data: &mut libix::RxBuf) {
+//!     data[0] = 0; // RxBuf derefs to &[u8] only
+//! }
+//! ```
+//!
+//! Buffers belong to their core and cannot move to another thread:
+//!
+//! ```compile_fail
+//! fn smuggle(data: libix::RxBuf) {
+//!     std::thread::spawn(move || drop(data));
+//! }
+//! ```
+//!
+//! A transmit buffer is immutable once built, so the stack can retransmit
+//! exactly what was sent:
+//!
+//! ```compile_fail
+//! fn rewrite(buf: &mut libix::TxBuf) {
+//!     buf.as_slice()[0] = 1;
+//! }
+//! ```
+
+use std::net::SocketAddrV4;
+use std::ops::Deref;
+use std::time::Duration;
+
+use dataplane::elastic::{AppEvent, Core, Handler, RxView};
+use dataplane::tcp::ConnId;
+pub use dataplane::tcp::{ConnectError, DeadReason as Dead, FourTuple};
+pub use dataplane::time::Instant;
+pub use dataplane::txbuf::TxBuf;
+
+mod runtime;
+pub use runtime::{Config, CoreReport, Dataplane, IxError, NicConfig, RunReport};
+
+/// A connection handle. Stable for the connection's life; a handle of a
+/// closed connection is refused by every call (handles are generational).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conn(ConnId);
+
+impl Conn {
+    /// A small index, unique among this core's live connections: use it to
+    /// index your per-connection state.
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0.idx() as usize
+    }
+}
+
+/// Answer to a knocking connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knock {
+    /// Take it: events for it follow.
+    Accept,
+    /// Refuse it: the peer sees a reset.
+    Reject,
+}
+
+/// Received bytes: a read-only view of the packet buffer they arrived in.
+///
+/// Dereferences to `&[u8]`. Dropping it releases the bytes to TCP, which
+/// reopens the receive window.
+#[derive(Debug)]
+pub struct RxBuf(RxView);
+
+impl RxBuf {
+    /// A transmit buffer over the same bytes, without copying (echo,
+    /// forwarding, or storing and serving them later).
+    #[inline]
+    pub fn to_tx(&self) -> TxBuf {
+        self.0.to_tx()
+    }
+}
+
+impl Deref for RxBuf {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.0.data()
+    }
+}
+
+impl AsRef<[u8]> for RxBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.0.data()
+    }
+}
+
+/// Errors a call can return.
+pub type CallError = dataplane::elastic::CallError;
+
+/// The calls an application makes on the core its handler runs on.
+pub struct Cx<'a> {
+    core: &'a mut Core,
+}
+
+impl Cx<'_> {
+    /// The time at the start of this loop turn.
+    #[inline]
+    pub fn now(&self) -> Instant {
+        self.core.now()
+    }
+
+    /// Index of this core among the dataplane's.
+    pub fn core_index(&self) -> u16 {
+        self.core.queue()
+    }
+
+    /// Starts accepting connections on a TCP port.
+    pub fn listen(&mut self, port: u16) -> Result<(), CallError> {
+        self.core.listen(port)
+    }
+
+    /// Opens a connection; [`App::connected`] reports the outcome.
+    pub fn connect(&mut self, remote: SocketAddrV4) -> Result<Conn, CallError> {
+        self.core.connect(remote).map(Conn)
+    }
+
+    /// Sends the buffers in order without copying them. Returns how many
+    /// bytes the send window took, from the front; keep the rest and send
+    /// it after [`App::sent`].
+    #[inline]
+    pub fn sendv(&mut self, conn: Conn, bufs: &[TxBuf]) -> Result<usize, CallError> {
+        self.core.sendv(conn.0, bufs)
+    }
+
+    /// Closes in order: what was sent is delivered, then the peer sees the
+    /// end of the stream. The handle is invalid afterwards.
+    pub fn close(&mut self, conn: Conn) -> Result<(), CallError> {
+        self.core.close(conn.0)
+    }
+
+    /// Resets the connection at once.
+    pub fn abort(&mut self, conn: Conn) -> Result<(), CallError> {
+        self.core.abort(conn.0)
+    }
+
+    /// Arms a one-shot timer: [`App::timer`] runs with `token` after
+    /// `after`.
+    pub fn arm_timer(&mut self, after: Duration, token: u64) -> Result<(), CallError> {
+        self.core.arm_timer(after, token)
+    }
+
+    /// Ends this core's loop after the current turn.
+    pub fn stop(&mut self) {
+        self.core.stop()
+    }
+
+    /// Live connections on this core.
+    pub fn connections(&self) -> usize {
+        self.core.connections()
+    }
+}
+
+/// An application: handlers for the dataplane's events. One instance runs
+/// per core; all methods of an instance run on that core.
+pub trait App {
+    /// Called once when the core starts: listen, connect, arm timers.
+    fn start(&mut self, cx: &mut Cx) {
+        let _ = cx;
+    }
+
+    /// A connection completed the handshake on a listening port.
+    fn knock(&mut self, cx: &mut Cx, conn: Conn, peer: FourTuple) -> Knock {
+        let _ = (cx, conn, peer);
+        Knock::Accept
+    }
+
+    /// An outgoing connection is established (`Ok`) or failed.
+    fn connected(&mut self, cx: &mut Cx, conn: Conn, result: Result<(), ConnectError>) {
+        let _ = (cx, conn, result);
+    }
+
+    /// In-order bytes arrived.
+    fn recv(&mut self, cx: &mut Cx, conn: Conn, data: RxBuf);
+
+    /// The peer acknowledged `acked` more bytes: send buffer space is free.
+    fn sent(&mut self, cx: &mut Cx, conn: Conn, acked: usize) {
+        let _ = (cx, conn, acked);
+    }
+
+    /// The peer closed its side ([`Dead::PeerClosed`]: you may still send,
+    /// then close), or the connection is gone ([`Dead::Reset`],
+    /// [`Dead::TimedOut`]: the handle is already invalid). The default
+    /// closes the connection.
+    fn dead(&mut self, cx: &mut Cx, conn: Conn, why: Dead) {
+        let _ = why;
+        let _ = cx.close(conn);
+    }
+
+    /// A timer armed with [`Cx::arm_timer`] fired.
+    fn timer(&mut self, cx: &mut Cx, token: u64) {
+        let _ = (cx, token);
+    }
+}
+
+/// Adapts an [`App`] to the elastic thread's event array.
+pub(crate) struct Dispatch<A>(pub(crate) A);
+
+impl<A: App> Handler for Dispatch<A> {
+    fn start(&mut self, core: &mut Core) {
+        self.0.start(&mut Cx { core });
+    }
+
+    #[inline]
+    fn handle(&mut self, core: &mut Core, events: &mut Vec<AppEvent>) {
+        let mut cx = Cx { core };
+        for ev in events.drain(..) {
+            match ev {
+                AppEvent::Recv { data } => {
+                    let conn = Conn(data.conn());
+                    self.0.recv(&mut cx, conn, RxBuf(data));
+                }
+                AppEvent::Sent { conn, acked } => self.0.sent(&mut cx, Conn(conn), acked as usize),
+                AppEvent::Knock { conn, tuple } => {
+                    let decision = self.0.knock(&mut cx, Conn(conn), tuple);
+                    let result = match decision {
+                        Knock::Accept => cx.core.accept(conn),
+                        Knock::Reject => cx.core.reject(conn),
+                    };
+                    if let Err(e) = result {
+                        log::debug!("knock answer for {conn:?} failed: {e}");
+                    }
+                }
+                AppEvent::Connected { conn, result } => {
+                    self.0.connected(&mut cx, Conn(conn), result)
+                }
+                AppEvent::Dead { conn, reason } => self.0.dead(&mut cx, Conn(conn), reason),
+                AppEvent::Timer { token } => self.0.timer(&mut cx, token),
+            }
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! Starting a dataplane: open the NIC port, spawn one pinned elastic thread
+//! per core, each with its own buffer pool, queue pair, stack and
+//! application instance; stop and join them.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use dataplane::buf::Pool;
+use dataplane::elastic::{CoreConfig, CoreCounters, ElasticThread, DEFAULT_BATCH};
+use dataplane::net::iface::IfaceConfig;
+use dataplane::nic::af_packet::{AfPacketConfig, AfPacketPort, AfPacketQueue};
+use dataplane::nic::fault::{FaultConfig, FaultyQueue};
+use dataplane::nic::memif::{MemifConfig, MemifPort, MemifQueue, MemifRole, Steering};
+use dataplane::nic::{QueuePair, QueueStats};
+use dataplane::rss::{RssConfig, DEFAULT_FLOW_GROUPS};
+use dataplane::tcp::{TcpConfig, TcpStats};
+use dataplane::wire::ethernet::EthernetAddress;
+
+use crate::{App, Dispatch};
+
+/// Errors starting or running a dataplane.
+#[derive(Debug, thiserror::Error)]
+pub enum IxError {
+    /// The configuration is inconsistent.
+    #[error("invalid dataplane configuration: {0}")]
+    Config(&'static str),
+    /// The memif port could not be opened.
+    #[error("memif port {path}: {source}")]
+    Memif {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: dataplane::nic::memif::MemifError,
+    },
+    /// The af_packet port could not be opened.
+    #[error("af_packet port {ifname}: {source}")]
+    AfPacket {
+        /// Interface name.
+        ifname: String,
+        /// Cause.
+        source: dataplane::nic::af_packet::AfPacketError,
+    },
+    /// The fault-injection settings are invalid.
+    #[error("fault injection: {0}")]
+    Fault(#[from] dataplane::nic::fault::FaultError),
+    /// A buffer pool could not be created.
+    #[error("core {core}: cannot create its buffer pool: {source}")]
+    Pool {
+        /// Core index.
+        core: u16,
+        /// Cause.
+        source: dataplane::mem::MemError,
+    },
+    /// An elastic thread could not be spawned.
+    #[error("cannot spawn elastic thread: {0}")]
+    Spawn(std::io::Error),
+    /// An elastic thread panicked.
+    #[error("elastic thread {0} panicked")]
+    Panicked(u16),
+}
+
+/// Which NIC the dataplane drives.
+#[derive(Debug, Clone)]
+pub enum NicConfig {
+    /// A memif port (one queue pair per core).
+    Memif(MemifConfig),
+    /// An af_packet socket on a Linux interface (one core).
+    AfPacket {
+        /// Interface name, e.g. one end of a veth pair.
+        ifname: String,
+    },
+}
+
+/// Everything a dataplane needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The NIC port.
+    pub nic: NicConfig,
+    /// Interface IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Prefix length of the interface's subnet.
+    pub prefix_len: u8,
+    /// Default gateway, if any.
+    pub gateway: Option<Ipv4Addr>,
+    /// Interface MAC address.
+    pub mac: EthernetAddress,
+    /// CPUs to pin elastic threads to, one thread per entry; `None` entries
+    /// run unpinned.
+    pub cores: Vec<Option<usize>>,
+    /// Upper bound of the adaptive RX batch.
+    pub batch: usize,
+    /// TCP parameters (per core).
+    pub tcp: TcpConfig,
+    /// Buffers in each core's pool.
+    pub pool_buffers: u32,
+    /// Back pools with hugepages when the kernel has them reserved.
+    pub hugepages: bool,
+    /// Neighbours known in advance (skips ARP resolution for them).
+    pub static_arp: Vec<(Ipv4Addr, EthernetAddress)>,
+    /// Faults to inject on each queue (tests only).
+    pub faults: Option<FaultConfig>,
+    /// How long a core waits for its port's link to come up.
+    pub link_timeout: Duration,
+}
+
+impl Config {
+    /// A one-core dataplane on a memif port in the master role (it creates
+    /// the socket and waits for the peer).
+    pub fn memif_master(socket: impl Into<PathBuf>, ip: Ipv4Addr) -> Config {
+        Self::memif(socket, MemifRole::Master, ip)
+    }
+
+    /// A one-core dataplane on a memif port in the slave role (it connects
+    /// to the peer's socket).
+    pub fn memif_slave(socket: impl Into<PathBuf>, ip: Ipv4Addr) -> Config {
+        Self::memif(socket, MemifRole::Slave, ip)
+    }
+
+    fn memif(socket: impl Into<PathBuf>, role: MemifRole, ip: Ipv4Addr) -> Config {
+        let nic = NicConfig::Memif(MemifConfig {
+            socket_path: socket.into(),
+            role,
+            id: 0,
+            secret: None,
+            name: format!("ix-{ip}"),
+            queues: 1,
+            log2_ring_size: 10,
+            buffer_size: 2048,
+            steering: Steering::None,
+        });
+        Self::with_nic(nic, ip)
+    }
+
+    /// A one-core dataplane on an af_packet socket bound to `ifname`.
+    pub fn af_packet(ifname: impl Into<String>, ip: Ipv4Addr) -> Config {
+        Self::with_nic(
+            NicConfig::AfPacket {
+                ifname: ifname.into(),
+            },
+            ip,
+        )
+    }
+
+    fn with_nic(nic: NicConfig, ip: Ipv4Addr) -> Config {
+        let o = ip.octets();
+        Config {
+            nic,
+            ip,
+            prefix_len: 24,
+            gateway: None,
+            // Locally administered unicast, derived from the address.
+            mac: EthernetAddress([0x02, 0x49, o[0], o[1], o[2], o[3]]),
+            cores: vec![None],
+            batch: DEFAULT_BATCH,
+            tcp: TcpConfig::default(),
+            pool_buffers: 16 * 1024,
+            hugepages: true,
+            static_arp: Vec::new(),
+            faults: None,
+            link_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn validate(&self) -> Result<(), IxError> {
+        if self.cores.is_empty() {
+            return Err(IxError::Config("at least one core is needed"));
+        }
+        if self.cores.len() > 64 {
+            return Err(IxError::Config("at most 64 cores per dataplane"));
+        }
+        if self.prefix_len > 32 {
+            return Err(IxError::Config("prefix_len must be 0..=32"));
+        }
+        if self.batch == 0 || self.batch > 1024 {
+            return Err(IxError::Config("batch must be 1..=1024"));
+        }
+        if self.pool_buffers < 64 {
+            return Err(IxError::Config("pool_buffers must be at least 64"));
+        }
+        if matches!(self.nic, NicConfig::AfPacket { .. }) && self.cores.len() != 1 {
+            return Err(IxError::Config(
+                "af_packet ports have one queue: use exactly one core",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The queue pair of one core, whichever backend it is.
+enum AnyQueue {
+    Memif(MemifQueue),
+    AfPacket(AfPacketQueue),
+    FaultyMemif(FaultyQueue<MemifQueue>),
+    FaultyAfPacket(FaultyQueue<AfPacketQueue>),
+}
+
+macro_rules! each_queue {
+    ($self:ident, $q:ident => $e:expr) => {
+        match $self {
+            AnyQueue::Memif($q) => $e,
+            AnyQueue::AfPacket($q) => $e,
+            AnyQueue::FaultyMemif($q) => $e,
+            AnyQueue::FaultyAfPacket($q) => $e,
+        }
+    };
+}
+
+impl QueuePair for AnyQueue {
+    #[inline]
+    fn rx_burst(&mut self, out: &mut Vec<dataplane::buf::PktBuf>, max: usize) -> usize {
+        each_queue!(self, q => q.rx_burst(out, max))
+    }
+    #[inline]
+    fn tx_burst(&mut self, frames: &mut Vec<dataplane::buf::PktBuf>) -> usize {
+        each_queue!(self, q => q.tx_burst(frames))
+    }
+    fn pool(&self) -> &Pool {
+        each_queue!(self, q => q.pool())
+    }
+    fn stats(&self) -> QueueStats {
+        each_queue!(self, q => q.stats())
+    }
+}
+
+/// An opened port, shared by the cores.
+enum Port {
+    Memif(Arc<MemifPort>),
+    AfPacket(String),
+}
+
+/// What one core did, reported when the dataplane stops.
+#[derive(Debug, Clone)]
+pub struct CoreReport {
+    /// Core index.
+    pub core: u16,
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Frames transmitted.
+    pub tx_packets: u64,
+    /// Mean adaptive batch size.
+    pub mean_batch: f64,
+    /// Turns with nothing to do.
+    pub idle_loops: u64,
+    /// NIC queue counters.
+    pub queue: QueueStats,
+    /// TCP counters.
+    pub tcp: TcpStats,
+}
+
+/// What the dataplane did, per core.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// One entry per core.
+    pub cores: Vec<CoreReport>,
+}
+
+/// A running dataplane.
+pub struct Dataplane {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<CoreReport, IxError>>>,
+    counters: Vec<Arc<CoreCounters>>,
+}
+
+impl Dataplane {
+    /// Opens the port and starts one elastic thread per configured core,
+    /// each running its own `factory(core_index)` application.
+    pub fn start<A, F>(cfg: Config, factory: F) -> Result<Dataplane, IxError>
+    where
+        A: App,
+        F: Fn(u16) -> A + Send + Sync + 'static,
+    {
+        cfg.validate()?;
+        let queues = cfg.cores.len() as u16;
+        let port = match &cfg.nic {
+            NicConfig::Memif(m) => {
+                let mut m = m.clone();
+                m.queues = queues;
+                let port = MemifPort::open(m.clone()).map_err(|source| IxError::Memif {
+                    path: m.socket_path.clone(),
+                    source,
+                })?;
+                Port::Memif(Arc::new(port))
+            }
+            NicConfig::AfPacket { ifname } => Port::AfPacket(ifname.clone()),
+        };
+        let port = Arc::new(port);
+        let factory = Arc::new(factory);
+        let stop = Arc::new(AtomicBool::new(false));
+        let rss = RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS);
+        let mut threads = Vec::new();
+        let mut counters = Vec::new();
+        for (q, cpu) in cfg.cores.iter().copied().enumerate() {
+            let q = q as u16;
+            let core_cfg = CoreConfig {
+                queue: q,
+                rss: rss.clone(),
+                iface: IfaceConfig {
+                    mac: cfg.mac,
+                    ip: cfg.ip,
+                    prefix_len: cfg.prefix_len,
+                    gateway: cfg.gateway,
+                    mtu: 1500,
+                },
+                tcp: cfg.tcp.clone(),
+                batch: cfg.batch,
+                app_timers: 4096,
+            };
+            let ctr = Arc::new(CoreCounters::default());
+            counters.push(ctr.clone());
+            let (port, factory, stop) = (port.clone(), factory.clone(), stop.clone());
+            let cfg = cfg.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("ix-core-{q}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        pin_to_cpu(cpu);
+                    }
+                    run_core(&cfg, core_cfg, &port, ctr, &stop, factory(q))
+                })
+                .map_err(IxError::Spawn)?;
+            threads.push(handle);
+        }
+        Ok(Dataplane {
+            stop,
+            threads,
+            counters,
+        })
+    }
+
+    /// Live counters of each core.
+    pub fn counters(&self) -> &[Arc<CoreCounters>] {
+        &self.counters
+    }
+
+    /// Asks every core to stop after its current turn.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// A flag that stops the dataplane when set (e.g. from a signal
+    /// handler thread).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Waits for every core to finish (each stops when its application
+    /// calls `Cx::stop`, or when [`Dataplane::stop`] is called).
+    pub fn join(self) -> Result<RunReport, IxError> {
+        let mut report = RunReport::default();
+        let mut first_err = None;
+        for (q, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(r)) => report.cores.push(r),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(IxError::Panicked(q as u16));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+}
+
+fn open_queue(
+    cfg: &Config,
+    port: &Port,
+    q: u16,
+    pool: Pool,
+    stop: &AtomicBool,
+) -> Result<AnyQueue, IxError> {
+    let queue = match port {
+        Port::Memif(p) => {
+            let deadline = std::time::Instant::now() + cfg.link_timeout;
+            while !p.is_connected() {
+                if stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline {
+                    break;
+                }
+                let _ = p.wait_connected(Duration::from_millis(50));
+            }
+            let memif_err = |source| IxError::Memif {
+                path: match &cfg.nic {
+                    NicConfig::Memif(m) => m.socket_path.clone(),
+                    NicConfig::AfPacket { .. } => PathBuf::new(),
+                },
+                source,
+            };
+            let mq = p.queue(q, pool).map_err(memif_err)?;
+            match cfg.faults.clone() {
+                Some(f) => AnyQueue::FaultyMemif(FaultyQueue::new(mq, f)?),
+                None => AnyQueue::Memif(mq),
+            }
+        }
+        Port::AfPacket(ifname) => {
+            let aq =
+                AfPacketPort::open(ifname, &AfPacketConfig::default(), pool).map_err(|source| {
+                    IxError::AfPacket {
+                        ifname: ifname.clone(),
+                        source,
+                    }
+                })?;
+            match cfg.faults.clone() {
+                Some(f) => AnyQueue::FaultyAfPacket(FaultyQueue::new(aq, f)?),
+                None => AnyQueue::AfPacket(aq),
+            }
+        }
+    };
+    Ok(queue)
+}
+
+fn run_core<A: App>(
+    cfg: &Config,
+    core_cfg: CoreConfig,
+    port: &Port,
+    counters: Arc<CoreCounters>,
+    stop: &AtomicBool,
+    app: A,
+) -> Result<CoreReport, IxError> {
+    let q = core_cfg.queue;
+    let pool = Pool::new(q, cfg.pool_buffers, cfg.hugepages)
+        .map_err(|source| IxError::Pool { core: q, source })?;
+    let queue = open_queue(cfg, port, q, pool, stop)?;
+    let mut thread = ElasticThread::new(core_cfg, queue, counters.clone());
+    for (ip, mac) in &cfg.static_arp {
+        thread.core().add_static_arp(*ip, *mac);
+    }
+    let mut handler = Dispatch(app);
+    thread.run(&mut handler, stop);
+    thread.publish();
+    Ok(CoreReport {
+        core: q,
+        rx_packets: counters.rx_packets.load(Ordering::Relaxed),
+        tx_packets: counters.tx_packets.load(Ordering::Relaxed),
+        mean_batch: counters.mean_batch(),
+        idle_loops: counters.idle_loops.load(Ordering::Relaxed),
+        queue: thread.queue_stats(),
+        tcp: thread.core().tcp_stats(),
+    })
+}
+
+/// Pins the calling thread to one CPU. Failure (e.g. the CPU is not in the
+/// process's allowed set) is logged, not fatal: the loop still runs.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: `set` is a plain bitmask on our stack, zeroed then set with
+    // the libc macros; sched_setaffinity reads exactly size_of::<cpu_set_t>
+    // bytes from it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        log::warn!(
+            "cannot pin elastic thread to cpu {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! `ix-echo`: the echo server and echo client apps of libix as a program.
+//!
+//! ```text
+//! ix-echo server --memif /tmp/wire.sock --ip 10.0.0.1 [--port 7] [--cpu 0]
+//! ix-echo client --memif /tmp/wire.sock --ip 10.0.0.2 --server 10.0.0.1:7 \
+//!                [--conns 16] [--size 64] [--seconds 5]
+//! ```
+//!
+//! The server is the memif master (it creates the socket); the client is
+//! the slave. The client verifies every echoed byte and prints RPC/s and
+//! p50/p99 round-trip latency.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ix_tools::echo::{EchoClient, EchoClientConfig, EchoServer, MessageSize};
+use libix::{Config, Dataplane};
+
+/// Echo server and client on the IX dataplane over a memif wire.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Run the echo server (memif master).
+    Server {
+        /// memif socket path (created).
+        #[arg(long)]
+        memif: PathBuf,
+        /// Our IPv4 address on the wire.
+        #[arg(long)]
+        ip: Ipv4Addr,
+        /// TCP port to listen on.
+        #[arg(long, default_value_t = 7)]
+        port: u16,
+        /// CPU to pin the elastic thread to.
+        #[arg(long)]
+        cpu: Option<usize>,
+        /// Stop after this many seconds (default: run until killed).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Run the echo client (memif slave) and print what it measured.
+    Client {
+        /// memif socket path of the server.
+        #[arg(long)]
+        memif: PathBuf,
+        /// Our IPv4 address on the wire.
+        #[arg(long)]
+        ip: Ipv4Addr,
+        /// Server address.
+        #[arg(long)]
+        server: SocketAddrV4,
+        /// Concurrent connections, one request in flight each.
+        #[arg(long, default_value_t = 16)]
+        conns: usize,
+        /// Request size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Measured seconds (after one second of warm-up).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// CPU to pin the elastic thread to.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("ix-echo: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    match args.role {
+        Role::Server {
+            memif,
+            ip,
+            port,
+            cpu,
+            seconds,
+        } => {
+            let mut cfg = Config::memif_master(&memif, ip);
+            cfg.cores = vec![cpu];
+            let dp = Dataplane::start(cfg, move |_| EchoServer::new(port))?;
+            if let Some(s) = seconds {
+                let stop = dp.stop_flag();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(s));
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+            dp.join()?;
+        }
+        Role::Client {
+            memif,
+            ip,
+            server,
+            conns,
+            size,
+            seconds,
+            cpu,
+        } => {
+            let mut cfg = Config::memif_slave(&memif, ip);
+            cfg.cores = vec![cpu];
+            cfg.tcp.max_conns = cfg.tcp.max_conns.max(2 * conns);
+            let client = EchoClientConfig {
+                server,
+                connections: conns,
+                size: MessageSize::Fixed(size),
+                messages_per_conn: None,
+                warmup: Duration::from_secs(1),
+                duration: Some(Duration::from_secs(seconds)),
+                deadline: Duration::from_secs(seconds + 30),
+            };
+            let out = Arc::new(Mutex::new(None));
+            let out2 = out.clone();
+            let dp = Dataplane::start(cfg, move |_| EchoClient::new(client.clone(), out2.clone()))?;
+            dp.join()?;
+            let r = out
+                .lock()
+                .map_err(|_| anyhow::anyhow!("result lock poisoned"))?
+                .take()
+                .context("the client stored no result")?;
+            let secs = r.elapsed.as_secs_f64().max(1e-9);
+            println!(
+                "{} round trips in {:.2} s: {:.0} RPC/s, p50 {:.1} µs, p99 {:.1} µs; {} bytes verified, {} corrupt, {} failed connections",
+                r.measured,
+                secs,
+                r.measured as f64 / secs,
+                r.latency_ns.value_at_quantile(0.5) as f64 / 1e3,
+                r.latency_ns.value_at_quantile(0.99) as f64 / 1e3,
+                r.verified_bytes,
+                r.corrupt_bytes,
+                r.failed_conns
+            );
+        }
+    }
+    Ok(())
+}
