@@ -331,6 +331,12 @@ impl Core {
         self.tcp.conn_count()
     }
 
+    /// Connections not yet fully closed (all but TIME-WAIT). Scans the
+    /// connection table: for shutdown, not for every event.
+    pub fn unfinished_connections(&self) -> usize {
+        self.tcp.unfinished_count()
+    }
+
     fn apply_releases(&mut self) {
         let mut pending = self.released.pending.borrow_mut();
         for (conn, len) in pending.drain(..) {

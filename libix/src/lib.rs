@@ -198,9 +198,16 @@ impl Cx<'_> {
         self.core.stop()
     }
 
-    /// Live connections on this core.
+    /// Live connections on this core (TIME-WAIT included).
     pub fn connections(&self) -> usize {
         self.core.connections()
+    }
+
+    /// Connections on this core that are open or still closing (all but
+    /// TIME-WAIT): wait for zero before stopping so that every close
+    /// handshake completes. Scans the connection table.
+    pub fn unfinished_connections(&self) -> usize {
+        self.core.unfinished_connections()
     }
 }
 

@@ -208,6 +208,10 @@ struct ClientConn {
 const TIMER_MEASURE_START: u64 = 1;
 const TIMER_MEASURE_END: u64 = 2;
 const TIMER_DEADLINE: u64 = 3;
+const TIMER_LINGER: u64 = 4;
+
+/// How long the client waits for its close handshakes before stopping.
+const LINGER: Duration = Duration::from_secs(3);
 
 /// The echo client.
 pub struct EchoClient {
@@ -220,6 +224,7 @@ pub struct EchoClient {
     started_at: Instant,
     measure_from: Instant,
     measure_to: Option<Instant>,
+    lingering_since: Option<Instant>,
     result: EchoClientResult,
     out: Arc<Mutex<Option<EchoClientResult>>>,
 }
@@ -236,6 +241,7 @@ impl EchoClient {
             started_at: Instant::ZERO,
             measure_from: Instant::ZERO,
             measure_to: None,
+            lingering_since: None,
             result: EchoClientResult {
                 measured: 0,
                 completed: 0,
@@ -311,9 +317,25 @@ impl EchoClient {
         self.maybe_stop(cx);
     }
 
+    /// Once every connection is finished, waits (up to [`LINGER`]) for the
+    /// close handshakes to complete, then stops the core.
     fn maybe_stop(&mut self, cx: &mut Cx) {
-        if self.conns.iter().all(|c| c.finished) {
-            self.store(cx);
+        if self.lingering_since.is_some() || !self.conns.iter().all(|c| c.finished) {
+            return;
+        }
+        self.store(cx);
+        self.lingering_since = Some(cx.now());
+        self.linger(cx);
+    }
+
+    fn linger(&mut self, cx: &mut Cx) {
+        let since = self.lingering_since.unwrap_or(cx.now());
+        if cx.unfinished_connections() == 0 || cx.now() - since >= LINGER {
+            cx.stop();
+        } else if cx
+            .arm_timer(Duration::from_millis(1), TIMER_LINGER)
+            .is_err()
+        {
             cx.stop();
         }
     }
@@ -481,9 +503,13 @@ impl App for EchoClient {
                     }
                 }
             }
+            TIMER_LINGER => self.linger(cx),
             TIMER_DEADLINE => {
-                self.result.timed_out = true;
-                self.store(cx);
+                // A run already lingering has stored its complete result.
+                if self.lingering_since.is_none() {
+                    self.result.timed_out = true;
+                    self.store(cx);
+                }
                 cx.stop();
             }
             _ => {}

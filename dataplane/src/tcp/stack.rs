@@ -124,6 +124,13 @@ impl TcpStack {
         self.conns.len()
     }
 
+    /// Connections still exchanging data or closing handshakes: all but
+    /// those in TIME-WAIT. Scans the table; meant for shutdown, not for the
+    /// per-packet path.
+    pub fn unfinished_count(&self) -> usize {
+        self.conns.count_where(|s| s != State::TimeWait)
+    }
+
     /// When [`poll`](Self::poll) next has work (see
     /// [`TimerWheel::next_deadline`]).
     pub fn next_deadline(&self) -> Option<Instant> {

@@ -139,6 +139,15 @@ impl ConnTable {
     }
 
     /// Connections in use.
+    /// Live connections whose state satisfies `pred` (a scan of the slab:
+    /// not for the per-packet path).
+    pub(crate) fn count_where(&self, pred: impl Fn(super::conn::State) -> bool) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| c.state != super::conn::State::Closed && pred(c.state))
+            .count()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.live
     }
