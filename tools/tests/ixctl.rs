@@ -1,5 +1,5 @@
 //! End-to-end checks of the `ixctl` binary: exit codes, one-line errors,
-//! help, the report with a system that cannot run, and a closed stdout.
+//! help, the report of both systems, and a closed stdout.
 
 use std::process::{Command, Stdio};
 
@@ -84,26 +84,24 @@ fn linux_only_json_run_exits_0_with_numbers() {
 }
 
 #[test]
-fn unbuilt_ix_row_is_reported_not_faked_and_exits_1() {
+fn both_rows_run_and_json_has_the_documented_shape() {
     let args: Vec<&str> = QUICK_LINUX
         .iter()
         .map(|&a| if a == "linux" { "ix,linux" } else { a })
+        .chain(["--json"])
         .collect();
     let out = ixctl(&args);
-    assert_eq!(out.status.code(), Some(1));
-    let table = text(&out.stdout);
-    let ix = table
-        .lines()
-        .find(|l| l.starts_with("ix "))
-        .expect("an ix row");
-    assert!(ix.contains("not run: ix echo not built yet"), "{table}");
-    let linux = table
-        .lines()
-        .find(|l| l.starts_with("linux "))
-        .expect("a linux row");
-    assert!(linux.trim_end().ends_with("1.00"), "{table}");
-    let err = text(&out.stderr);
-    assert!(err.starts_with("ixctl: ix: ix echo not built yet"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    for system in ["ix", "linux"] {
+        for key in ["rps", "p50_us", "p99_us"] {
+            assert!(v[system][key].as_f64().unwrap() > 0.0, "{system}.{key}: {v}");
+        }
+        assert_eq!(v[system]["errors"].as_u64(), Some(0), "{v}");
+    }
+    let ratio = v["ratio_rps"].as_f64().expect("ratio_rps is a number");
+    let want = v["ix"]["rps"].as_f64().unwrap() / v["linux"]["rps"].as_f64().unwrap();
+    assert!((ratio - want).abs() < 1e-6 * want, "{v}");
 }
 
 #[test]

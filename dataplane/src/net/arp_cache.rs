@@ -59,8 +59,11 @@ impl Default for ArpConfig {
             capacity: 1024,
             entry_lifetime: Duration::from_secs(60),
             refresh_before: Duration::from_secs(5),
-            pending_per_ip: 4,
-            pending_total: 64,
+            // Generous: a client opening many connections at once to a
+            // new neighbour queues one SYN per connection (Linux keeps
+            // 64 KiB of frames per unresolved neighbour).
+            pending_per_ip: 1024,
+            pending_total: 2048,
             retransmit: Duration::from_secs(1),
             max_requests: 3,
         }

@@ -1233,7 +1233,12 @@ mod tests {
 
     #[test]
     fn pending_queue_per_next_hop_is_bounded() {
-        let (pool, mut iface, mut tx) = (pool(), iface(), Vec::new());
+        let arp_cfg = ArpConfig {
+            pending_per_ip: 4,
+            ..ArpConfig::default()
+        };
+        let (pool, mut tx) = (pool(), Vec::new());
+        let mut iface = Interface::with_arp_config(cfg(), arp_cfg, T0);
         for tag in 0..4 {
             assert!(send(&mut iface, T0, &pool, &mut tx, PEER_IP, tag, 20));
         }

@@ -307,11 +307,11 @@ mod tests {
     #[test]
     fn json_reports_a_system_that_did_not_run_as_error_and_ratio_as_null() {
         let report = Report::new(vec![
-            Row::from_run("ix", Err(anyhow::anyhow!("not built").context("ix echo"))),
+            Row::from_run("ix", Err(anyhow::anyhow!("link down").context("ix echo"))),
             Row::from_run("linux", Ok(result(150_000.0))),
         ]);
         let v = json_of(&report);
-        assert_eq!(v["ix"]["error"], "ix echo: not built");
+        assert_eq!(v["ix"]["error"], "ix echo: link down");
         assert!(v["linux"]["rps"].is_f64());
         assert!(v["ratio_rps"].is_null());
         assert!(report.has_failures());
@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn table_has_a_row_per_system_with_ratio_and_the_reason_a_row_is_missing() {
         let report = Report::new(vec![
-            Row::from_run("ix", Err(anyhow::anyhow!("ix echo not built yet"))),
+            Row::from_run("ix", Err(anyhow::anyhow!("memif link did not come up"))),
             Row::from_run("linux", Ok(result(150_000.0))),
             Row::from_run("ix_kvm", Ok(result(75_000.0))),
         ]);
@@ -340,7 +340,7 @@ mod tests {
         assert_eq!(lines.len(), 5, "{text}");
         assert!(lines[0].contains("16 connections × 64 B"), "{}", lines[0]);
         assert!(lines[1].contains("RPC/s") && lines[1].contains("p99 µs"));
-        assert!(lines[2].starts_with("ix") && lines[2].ends_with("not run: ix echo not built yet"));
+        assert!(lines[2].starts_with("ix") && lines[2].ends_with("not run: memif link did not come up"));
         let linux: Vec<&str> = lines[3].split_whitespace().collect();
         assert_eq!(linux, ["linux", "150000", "50.0", "99.0", "1.00"]);
         assert!(
