@@ -623,6 +623,10 @@ pub mod child {
     use super::*;
     use std::io::Read;
 
+    /// Held while forking, and by tests that must not have a descriptor
+    /// of theirs duplicated into a child at that moment.
+    pub static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// Who the child becomes before connecting.
     pub struct Identity {
         /// User id.
@@ -671,6 +675,7 @@ pub mod child {
         let (addr, addr_len) = sockaddr(path).unwrap();
         let (rd, wr) = std::io::pipe().unwrap();
         let groups: Vec<libc::gid_t> = identity.map(|i| i.groups.clone()).unwrap_or_default();
+        let _serial = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut reply = vec![0u8; 70 * 1024];
         let reply_ptr = reply.as_mut_ptr();
         let reply_cap = reply.len();
@@ -681,6 +686,21 @@ pub mod child {
         if pid == 0 {
             // SAFETY: raw system calls on memory prepared before the fork.
             unsafe {
+                // Drop every inherited descriptor but the report pipe, so
+                // this child keeps no other test's connection alive.
+                let keep = wr.as_raw_fd() as libc::c_uint;
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3 as libc::c_uint,
+                    keep - 1,
+                    0 as libc::c_uint,
+                );
+                libc::syscall(
+                    libc::SYS_close_range,
+                    keep + 1,
+                    libc::c_uint::MAX,
+                    0 as libc::c_uint,
+                );
                 let report = |errno: i32, len: usize| {
                     let header = [errno.to_ne_bytes(), (len as i32).to_ne_bytes()];
                     libc::write(wr.as_raw_fd(), header.as_ptr().cast(), 8);
@@ -711,7 +731,11 @@ pub mod child {
                     request.len(),
                     libc::MSG_NOSIGNAL,
                 );
-                let n = libc::recv(fd, reply_ptr.cast(), reply_cap, 0);
+                let mut n = libc::recv(fd, reply_ptr.cast(), reply_cap, 0);
+                if n < 0 && errno() == libc::ECONNRESET {
+                    // The reset is reported once, ahead of queued data.
+                    n = libc::recv(fd, reply_ptr.cast(), reply_cap, 0);
+                }
                 if n < 0 {
                     report(errno(), 0);
                     libc::_exit(1);
