@@ -643,6 +643,20 @@ impl Config {
         Config::from_table(&table, host)
     }
 
+    /// The config with its API socket moved to `path`, checked like
+    /// `api.socket`; errors name `key` (`--socket`, `IX_SOCKET`).
+    pub fn with_socket(mut self, path: &Path, key: &str) -> Result<Config, ConfigError> {
+        let mut ck = Check::default();
+        let text = path.to_string_lossy();
+        match validate_socket_path(&text, key, &mut ck) {
+            Some(socket) => {
+                self.api.socket = socket;
+                Ok(self)
+            }
+            None => Err(ConfigError::Invalid(ck.problems)),
+        }
+    }
+
     /// The port named `name`.
     pub fn port(&self, name: &str) -> Option<&PortConfig> {
         self.ports.iter().find(|p| p.name == name)
@@ -2115,6 +2129,23 @@ gateway = "10.78.255.254"
         assert_eq!(config.api.socket, dir.join("ixcpd.sock"));
         let text = config.to_toml();
         assert_eq!(Config::from_toml(&text, &host()).unwrap(), config, "{text}");
+    }
+
+    #[test]
+    fn socket_override_is_checked_and_named() {
+        let config = parse(PORT).unwrap();
+        let moved = config
+            .clone()
+            .with_socket(Path::new("/tmp/x.sock"), "--socket")
+            .unwrap();
+        assert_eq!(moved.api.socket, PathBuf::from("/tmp/x.sock"));
+        let err = config
+            .with_socket(Path::new("x.sock"), "IX_SOCKET")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "IX_SOCKET: \"x.sock\" cannot be a socket path: it must be absolute"
+        );
     }
 
     #[test]

@@ -646,7 +646,7 @@ impl Resources {
                     a.port
                 ));
             }
-            if a.pool_bytes % self.page_size != 0
+            if !a.pool_bytes.is_multiple_of(self.page_size)
                 || a.pool_bytes / BUF_SIZE < u64::from(a.buffers_per_core)
             {
                 return Err(format!(

@@ -439,9 +439,8 @@ impl Listener {
             };
         }
         // SAFETY: `fd` was just returned by accept4 and is owned by no one else.
-        Ok(Some(SeqPacket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        }))
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Some(SeqPacket { fd }))
     }
 }
 
