@@ -984,6 +984,59 @@ mod tests {
     }
 
     #[test]
+    fn hugepage_pools_are_made_of_hugepages() {
+        let host = Host::probe();
+        if host.hugepages_free < 4 {
+            eprintln!(
+                "SKIPPED: hugepage_pools_are_made_of_hugepages needs 4 free hugepages, {} free \
+                 (echo 64 > /proc/sys/vm/nr_hugepages)",
+                host.hugepages_free
+            );
+            return;
+        }
+        let text = "memory = \"8 MiB\"\nhugepages = \"on\"\n[[ports]]\nname = \"wire0\"\n\
+                    kind = \"memif\"\nsocket = \"/tmp/ix-huge-test.sock\"\nrole = \"master\"\n\
+                    queues = 8\nip = \"10.0.0.1/24\"\n";
+        let mut d = Daemon::new(Config::from_toml(text, &host).unwrap());
+        let now = Instant::now();
+        let Reply::Allocated(a) = ok(d.handle(&caller(1, 0), alloc("huge", 1), now)) else {
+            panic!()
+        };
+        assert!(a.huge);
+        assert_eq!(a.pool_bytes, 2 * MIB);
+        // Pools beyond the budget are refused by the books before any
+        // hugepage is touched.
+        let e = err(d.handle(
+            &caller(1, 0),
+            Request::Cores {
+                name: "huge".into(),
+                n: 5,
+            },
+            now,
+        ));
+        assert_eq!(e.code, ErrorCode::InsufficientResources);
+        assert!(
+            e.message
+                .contains("memory: asked 8 MiB more, free 6 MiB of 8 MiB"),
+            "{}",
+            e.message
+        );
+        let answer = d.handle(
+            &caller(2, 0),
+            Request::Register {
+                name: "huge".into(),
+            },
+            now,
+        );
+        let Ok(Reply::Registered(reg)) = &answer.outcome else {
+            panic!("{:?}", answer.outcome)
+        };
+        assert!(reg.pools[0].huge);
+        let file = File::from(answer.fds.into_iter().next().unwrap());
+        assert_eq!(file.metadata().unwrap().len(), 2 * MIB);
+    }
+
+    #[test]
     fn log_books_are_bounded() {
         let mut d = daemon("64 MiB");
         for i in 0..LOG_LINES + 10 {

@@ -383,10 +383,19 @@ impl Server {
 
     /// Handles readiness on one connection.
     fn serve_conn(&mut self, id: ConnId, revents: libc::c_short) -> Status {
-        if revents & libc::POLLOUT != 0 && self.flush(id) == Status::Closed {
-            return Status::Closed;
+        let hangup = revents & (libc::POLLHUP | libc::POLLERR) != 0;
+        let pending = self.conns.get(&id).is_some_and(|c| !c.outbox.is_empty());
+        if pending && (revents & libc::POLLOUT != 0 || hangup) {
+            if self.flush(id) == Status::Closed {
+                return Status::Closed;
+            }
+            let still = self.conns.get(&id).is_some_and(|c| !c.outbox.is_empty());
+            if hangup && still {
+                // Gone without reading its answer.
+                return Status::Closed;
+            }
         }
-        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+        if revents & libc::POLLIN != 0 || hangup {
             return self.read(id);
         }
         Status::Open
@@ -830,7 +839,10 @@ mod tests {
             running.client().status().unwrap();
         }
         drop(flooder);
-        running.client().status().unwrap();
+        let mut ctl = running.client();
+        wait_until("the flooder to be dropped", Duration::from_secs(1), || {
+            ctl.status().unwrap().daemon.clients == 1
+        });
     }
 
     #[test]
