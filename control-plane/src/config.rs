@@ -2156,6 +2156,23 @@ gateway = "10.78.255.254"
     }
 
     #[test]
+    fn example_in_the_module_docs_is_valid() {
+        let source = include_str!("config.rs");
+        let start = source.find("//! ```toml\n").unwrap() + "//! ```toml\n".len();
+        let end = start + source[start..].find("//! ```\n").unwrap();
+        let text: String = source[start..end]
+            .lines()
+            .map(|l| l.strip_prefix("//!").unwrap().trim_start_matches(' '))
+            .map(|l| l.replace("group = \"ix\"", "group = \"root\""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.cores, vec![0, 1]);
+        assert_eq!(config.ports.len(), 2);
+        assert_eq!(config.ports[1].kind.name(), "af_packet");
+    }
+
+    #[test]
     fn name_rule() {
         for good in ["a", "echo", "wire0-peer", "x_1.2", &"n".repeat(32)] {
             assert!(is_valid_name(good), "{good}");
