@@ -1,0 +1,352 @@
+//! A small blocking client of the ixcpd API, for `ixctl` and for
+//! dataplanes registering at start-up.
+//!
+//! ```no_run
+//! use control_plane::client::{default_socket_path, Client};
+//!
+//! let mut ixcpd = Client::connect(&default_socket_path())?;
+//! for dp in ixcpd.status()?.dataplanes {
+//!     println!("{} {:?} on {} cpus {:?}", dp.name, dp.state, dp.port, dp.cpus);
+//! }
+//! # Ok::<(), control_plane::client::ClientError>(())
+//! ```
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{DEFAULT_SOCKET, SOCKET_ENV};
+use crate::proto::{
+    self, AllocateArgs, ApiError, LogsReply, Outcome, Registration, Reply, Request, RequestFrame,
+    ResponseFrame, StatsReply, StatusReply, StopReply, MAX_FRAME, VERSION,
+};
+use crate::resources::{Allocation, ResourcesView};
+use crate::sys::SeqPacket;
+
+/// How long a request waits for its response unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The API socket to use: `$IX_SOCKET` when set, else `/run/ix/ixcpd.sock`.
+pub fn default_socket_path() -> PathBuf {
+    std::env::var_os(SOCKET_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from)
+}
+
+/// Why a request did not get a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error("no ixcpd is running on {path:?} (start one with `ixctl up`, or set {SOCKET_ENV})")]
+    NotRunning {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The socket's permissions keep this user out.
+    #[error(
+        "permission denied on {path:?}: ixcpd admits root, its own user and members of the \
+         socket's group"
+    )]
+    PermissionDenied {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Connecting failed otherwise.
+    #[error("cannot connect to ixcpd at {path:?}: {source}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// No response in time.
+    #[error("ixcpd did not answer within {0:?}")]
+    Timeout(Duration),
+    /// ixcpd closed the connection without answering.
+    #[error("ixcpd closed the connection")]
+    Closed,
+    /// Sending or receiving failed.
+    #[error("cannot talk to ixcpd: {0}")]
+    Io(#[source] io::Error),
+    /// The response could not be understood.
+    #[error("ixcpd sent a response this client cannot read: {0}")]
+    Protocol(String),
+    /// ixcpd answered with an error.
+    #[error("{0}")]
+    Api(#[from] ApiError),
+}
+
+impl ClientError {
+    /// The daemon's error, when it answered with one.
+    pub fn api(&self) -> Option<&ApiError> {
+        match self {
+            ClientError::Api(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to ixcpd.
+#[derive(Debug)]
+pub struct Client {
+    sock: SeqPacket,
+    path: PathBuf,
+    timeout: Duration,
+    next_id: u64,
+    buf: Vec<u8>,
+}
+
+macro_rules! expect_reply {
+    ($reply:expr, $variant:ident, $name:literal) => {
+        match $reply {
+            Reply::$variant(inner) => Ok(inner),
+            other => Err(ClientError::Protocol(format!(
+                "expected a `{}` reply, got {:?}",
+                $name,
+                reply_type(&other)
+            ))),
+        }
+    };
+}
+
+fn reply_type(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Status(_) => "status",
+        Reply::Resources(_) => "resources",
+        Reply::Allocated(_) => "allocated",
+        Reply::Stopped(_) => "stopped",
+        Reply::Stats(_) => "stats",
+        Reply::Resized(_) => "resized",
+        Reply::Logs(_) => "logs",
+        Reply::Registered(_) => "registered",
+    }
+}
+
+impl Client {
+    /// Connects to ixcpd at `path` with [`DEFAULT_TIMEOUT`].
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        Client::connect_with_timeout(path, DEFAULT_TIMEOUT)
+    }
+
+    /// Connects to ixcpd at `path`; each request waits up to `timeout`.
+    pub fn connect_with_timeout(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        let sock = SeqPacket::connect(path, Some(timeout)).map_err(|source| {
+            let path = path.to_owned();
+            match source.raw_os_error() {
+                Some(libc::ENOENT | libc::ECONNREFUSED) => ClientError::NotRunning { path },
+                Some(libc::EACCES | libc::EPERM) => ClientError::PermissionDenied { path },
+                _ => ClientError::Connect { path, source },
+            }
+        })?;
+        Ok(Client {
+            sock,
+            path: path.to_owned(),
+            timeout,
+            next_id: 1,
+            buf: vec![0; MAX_FRAME],
+        })
+    }
+
+    /// The socket this client is connected to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sends `request` and waits for its response; file descriptors that
+    /// come with it are returned in order.
+    pub fn call_with_fds(
+        &mut self,
+        request: Request,
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes = proto::encode_request(&RequestFrame {
+            v: VERSION,
+            id,
+            request,
+        });
+        if let Err(err) = self.sock.send(&bytes, &[]) {
+            return Err(match err.kind() {
+                // The daemon hung up, perhaps after saying why: read it.
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+                    match self.receive(id) {
+                        Err(ClientError::Io(_)) => ClientError::Closed,
+                        Err(other) => other,
+                        Ok(_) => ClientError::Closed,
+                    }
+                }
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    ClientError::Timeout(self.timeout)
+                }
+                _ => ClientError::Io(err),
+            });
+        }
+        self.receive(id)
+    }
+
+    fn receive(&mut self, id: u64) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        loop {
+            let mut fds = Vec::new();
+            let mut got = self.sock.recv(&mut self.buf, &mut fds);
+            if matches!(&got, Err(e) if e.kind() == io::ErrorKind::ConnectionReset) {
+                // The daemon closed while our request was unread; the reset
+                // is reported once, ahead of any answer it queued before.
+                got = self.sock.recv(&mut self.buf, &mut fds);
+            }
+            let got = got.map_err(|err| match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    ClientError::Timeout(self.timeout)
+                }
+                io::ErrorKind::ConnectionReset => ClientError::Closed,
+                _ => ClientError::Io(err),
+            })?;
+            if got.len == 0 {
+                return Err(ClientError::Closed);
+            }
+            if got.truncated {
+                return Err(ClientError::Protocol(format!(
+                    "a response of {} bytes exceeds the {MAX_FRAME}-byte frame limit",
+                    got.len
+                )));
+            }
+            let frame: ResponseFrame = proto::decode_response(&self.buf[..got.len])
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            match (frame.id, frame.outcome) {
+                (Some(got_id), Outcome::Ok(reply)) if got_id == id => return Ok((reply, fds)),
+                (Some(got_id), Outcome::Error(err)) if got_id == id => return Err(err.into()),
+                // An error about the connection itself (unauthorised, busy).
+                (None, Outcome::Error(err)) => return Err(err.into()),
+                // A late answer to an earlier request that timed out.
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends `request` and waits for its response; descriptors that come
+    /// with it are closed.
+    pub fn call(&mut self, request: Request) -> Result<Reply, ClientError> {
+        self.call_with_fds(request).map(|(reply, _)| reply)
+    }
+
+    /// `status`: the daemon and every dataplane.
+    pub fn status(&mut self) -> Result<StatusReply, ClientError> {
+        expect_reply!(self.call(Request::Status)?, Status, "status")
+    }
+
+    /// `resources`: every core, the memory budget and every port.
+    pub fn resources(&mut self) -> Result<ResourcesView, ClientError> {
+        expect_reply!(self.call(Request::Resources)?, Resources, "resources")
+    }
+
+    /// `allocate`: reserves resources under a name.
+    pub fn allocate(&mut self, args: AllocateArgs) -> Result<Allocation, ClientError> {
+        expect_reply!(self.call(Request::Allocate(args))?, Allocated, "allocated")
+    }
+
+    /// `stop`: stops a dataplane and returns its resources.
+    pub fn stop(&mut self, name: &str) -> Result<StopReply, ClientError> {
+        let name = name.to_owned();
+        expect_reply!(self.call(Request::Stop { name })?, Stopped, "stopped")
+    }
+
+    /// `stats`: one dataplane's state and holdings.
+    pub fn stats(&mut self, name: &str) -> Result<StatsReply, ClientError> {
+        let name = name.to_owned();
+        expect_reply!(self.call(Request::Stats { name })?, Stats, "stats")
+    }
+
+    /// `cores`: changes a dataplane's core count.
+    pub fn cores(&mut self, name: &str, n: u32) -> Result<Allocation, ClientError> {
+        let name = name.to_owned();
+        expect_reply!(self.call(Request::Cores { name, n })?, Resized, "resized")
+    }
+
+    /// `logs`: what ixcpd recorded about a dataplane, the latest `lines`.
+    pub fn logs(&mut self, name: &str, lines: Option<u32>) -> Result<LogsReply, ClientError> {
+        let name = name.to_owned();
+        expect_reply!(self.call(Request::Logs { name, lines })?, Logs, "logs")
+    }
+
+    /// `register`: claims the allocation `name` for this process. Returns
+    /// the registration and one buffer-pool memfd per core (index `i` is
+    /// `registration.pools[i]`). Keep this client open: closing it tells
+    /// ixcpd the dataplane is gone and its resources are released.
+    pub fn register(&mut self, name: &str) -> Result<(Registration, Vec<OwnedFd>), ClientError> {
+        let name = name.to_owned();
+        let (reply, fds) = self.call_with_fds(Request::Register { name })?;
+        let registration = expect_reply!(reply, Registered, "registered")?;
+        if fds.len() != registration.pools.len()
+            || registration
+                .pools
+                .iter()
+                .any(|p| p.fd as usize >= fds.len())
+        {
+            return Err(ClientError::Protocol(format!(
+                "registration lists {} pools but {} file descriptors arrived",
+                registration.pools.len(),
+                fds.len()
+            )));
+        }
+        Ok((registration, fds))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_socket_says_how_to_start_ixcpd() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.sock");
+        let err = Client::connect(&path).unwrap_err();
+        assert!(matches!(err, ClientError::NotRunning { .. }), "{err}");
+        assert!(err.to_string().contains("ixctl up"), "{err}");
+    }
+
+    #[test]
+    fn socket_path_comes_from_the_environment() {
+        // Only this test touches IX_SOCKET in this process.
+        std::env::set_var(SOCKET_ENV, "/tmp/elsewhere.sock");
+        assert_eq!(default_socket_path(), PathBuf::from("/tmp/elsewhere.sock"));
+        std::env::set_var(SOCKET_ENV, "");
+        assert_eq!(default_socket_path(), PathBuf::from(DEFAULT_SOCKET));
+        std::env::remove_var(SOCKET_ENV);
+        assert_eq!(default_socket_path(), PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn a_silent_daemon_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent.sock");
+        let listener = crate::sys::Listener::bind(&path, 4).unwrap();
+        let mut client = Client::connect_with_timeout(&path, Duration::from_millis(50)).unwrap();
+        let err = client.status().unwrap_err();
+        assert!(matches!(err, ClientError::Timeout(_)), "{err}");
+        drop(listener);
+    }
+
+    #[test]
+    fn a_reply_of_the_wrong_type_is_a_protocol_error() {
+        let err = expect_reply!(
+            Reply::Resized(crate::resources::Allocation {
+                name: "a".into(),
+                port: "p".into(),
+                cpus: vec![0],
+                buffers_per_core: 512,
+                pool_bytes: 4096,
+                page_size: 4096,
+                huge: false,
+                reta: vec![0; 128],
+            }),
+            Status,
+            "status"
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ixcpd sent a response this client cannot read: expected a `status` reply, got \"resized\""
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! ixcpd, the IX control plane: it owns the machine's networking resources
+//! — cores, packet-buffer memory, NIC ports with their queues and flow
+//! groups — and hands them to dataplanes, never the same one twice.
+//!
+//! # Layers
+//!
+//! - [`config`]: the TOML config, validated in one place against the
+//!   [`host`] (online CPUs, free hugepages); every error names its key
+//!   (`ports[1].ip: "10.0.0.300" is not an IPv4 address`). A built-in
+//!   config (every CPU, 256 MiB, one memif wire) lets `ixctl up` start
+//!   without a file.
+//! - [`resources`]: the books. Cores, memory and ports are taken whole or
+//!   not at all, and a refusal says what is short.
+//! - [`proto`]: the API's messages and their encoding.
+//! - [`daemon`]: requests in, replies out: allocations, their buffer-pool
+//!   memfds, registration of dataplane processes, per-dataplane logs.
+//! - [`server`]: the Unix socket, peer-credential checks and the
+//!   single-threaded `poll` loop; [`client`]: the blocking client.
+//! - [`sys`]: the only `unsafe` code: seqpacket sockets with `SCM_RIGHTS`,
+//!   `SO_PEERCRED`, memfd, signalfd, poll.
+//!
+//! # Allocation model
+//!
+//! A dataplane asks for a name, `n` cores, a port, and packet memory (as
+//! buffers per core, default 4096, or a total). It gets the `n` lowest free
+//! CPUs from the configured list, exclusively; the whole port (one port
+//! has one IP and MAC, so it serves one dataplane) and its queues `0..n`,
+//! core `i` serving queue `i`; the port's 128 flow groups (its RSS
+//! redirection table) spread over those queues, group `g` on queue
+//! `g mod n`; and one buffer pool per core: a memfd of `buffers × 2176`
+//! bytes rounded up to whole pages (2 MiB hugepages when the config
+//! resolved to them), its memory allocated when the allocation is made.
+//! Resizing to `m` cores takes or returns cores, queues and pools and
+//! moves the fewest flow groups that rebalance the table. Nothing is
+//! overcommitted: after any sequence of operations, free plus allocated
+//! equals the total for every resource. See [`resources`].
+//!
+//! # Protocol
+//!
+//! JSON frames over a Unix `SOCK_SEQPACKET` socket (default
+//! `/run/ix/ixcpd.sock`, or `$IX_SOCKET`): one message per request or
+//! response, at most 64 KiB, file descriptors attached with `SCM_RIGHTS`.
+//! Requests carry the protocol version `v`, an `id` the response echoes,
+//! and an `op`; responses carry either `ok` (tagged by `type`) or `error`
+//! (`code` and `message`). A session as `ixctl` and a dataplane would have
+//! it (`→` sent to ixcpd, `←` received; long lists shortened):
+//!
+//! ```text
+//! → {"v":1,"id":1,"op":"allocate","name":"echo","cores":2,"port":"wire0"}
+//! ← {"v":1,"id":1,"ok":{"type":"allocated","name":"echo","port":"wire0",
+//!    "cpus":[0,1],"buffers_per_core":4096,"pool_bytes":8912896,
+//!    "page_size":4096,"huge":false,"reta":[0,1,0,1,…]}}
+//! → {"v":1,"id":2,"op":"allocate","name":"kvs","cores":1,"port":"wire0"}
+//! ← {"v":1,"id":2,"error":{"code":"insufficient_resources",
+//!    "message":"not enough cores: asked 1, free 0 (of 2); port wire0: in use
+//!    by echo (a port serves one dataplane)"}}
+//!
+//! (the echo dataplane starts and claims its allocation)
+//! → {"v":1,"id":1,"op":"register","name":"echo"}
+//! ← {"v":1,"id":1,"ok":{"type":"registered","allocation":{…},
+//!    "port":{"name":"wire0","kind":"memif","socket":"/run/ix/wire0.sock",
+//!    "role":"master","queues":2,"ip":"10.77.0.1","prefix":24,
+//!    "mac":"02:49:0a:4d:00:01","mac_derived":true,"gateway":null},
+//!    "pools":[{"queue":0,"fd":0,"bytes":8912896,"buffers":4096,"huge":false},
+//!             {"queue":1,"fd":1,…}]}}      + 2 memfds (SCM_RIGHTS)
+//!
+//! → {"v":1,"id":3,"op":"status"}
+//! ← {"v":1,"id":3,"ok":{"type":"status","daemon":{…},"dataplanes":[
+//!    {"name":"echo","state":"running","pid":4242,"port":"wire0",
+//!     "cpus":[0,1],…}]}}
+//! → {"v":1,"id":4,"op":"stauts"}
+//! ← {"v":1,"id":4,"error":{"code":"unknown_request","message":
+//!    "unknown request \"stauts\" (expected one of: status, resources, …)"}}
+//! ```
+//!
+//! The registering connection is the dataplane's lifeline: when it closes
+//! (exit, crash, `kill -9`) the dataplane's resources return to the pool.
+//! Malformed frames (too large, empty, cut short, not UTF-8, not JSON,
+//! unknown request, missing or unknown field) are answered with an error
+//! naming the problem, and the connection keeps serving. See [`proto`] for
+//! every message and [`server`] for who may connect.
+//!
+//! # Not yet here
+//!
+//! `launch` (starting the program, KVM or process isolation) answers
+//! `not_supported`; resizing a *registered* dataplane (flow-group
+//! migration in the running dataplane) is refused; per-core statistics
+//! published by dataplanes and the `load` policy loop come with the
+//! dataplane runtime. `stats` reports the control plane's view.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod host;
+pub mod proto;
+pub mod resources;
+pub mod server;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod units;
