@@ -10,6 +10,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
 command -v python3 >/dev/null || need+=(python3)
+command -v ping >/dev/null || need+=(iputils-ping)
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -100,7 +100,8 @@ struct Client {
 impl Handler for Client {
     fn start(&mut self, core: &mut Core) {
         for _ in 0..CONNS {
-            self.conns.push(core.connect(SocketAddrV4::new(SERVER, 7)).unwrap());
+            self.conns
+                .push(core.connect(SocketAddrV4::new(SERVER, 7)).unwrap());
             self.pending.push(0);
         }
     }
@@ -117,7 +118,8 @@ impl Handler for Client {
                     if self.pending[i] == REQUEST.len() {
                         self.pending[i] = 0;
                         self.round_trips += 1;
-                        core.sendv(data.conn(), &[TxBuf::from_static(REQUEST)]).unwrap();
+                        core.sendv(data.conn(), &[TxBuf::from_static(REQUEST)])
+                            .unwrap();
                     }
                 }
                 _ => {}

@@ -286,6 +286,13 @@ impl Dataplane {
             NicConfig::Memif(m) => {
                 let mut m = m.clone();
                 m.queues = queues;
+                if queues > 1 && m.steering == Steering::None {
+                    // Both ends are libix dataplanes with the same core
+                    // count and the default redirection table: steer each
+                    // frame to the queue the receiver's RSS picks, as a
+                    // NIC would.
+                    m.steering = Steering::Rss(RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS));
+                }
                 let port = MemifPort::open(m.clone()).map_err(|source| IxError::Memif {
                     path: m.socket_path.clone(),
                     source,

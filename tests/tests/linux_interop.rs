@@ -9,11 +9,12 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ix_testnet::TestNet;
-use ix_tools::echo::{EchoClient, EchoClientConfig, EchoServer, MessageSize};
+use ix_tools::echo::{
+    EchoClient, EchoClientConfig, EchoClientResult, EchoServer, MessageSize, ResultSink,
+};
 use libix::{Config, Dataplane};
 
 const TEN_MIB: usize = 10 * 1024 * 1024;
@@ -49,6 +50,19 @@ fn linux_client_to_our_echo_server_ten_mib_verified() {
     let Some(net) = setup("ixi-srv") else { return };
     let dp = Dataplane::start(dataplane_config(&net), |_| EchoServer::new(7))
         .expect("dataplane starts on the veth");
+    // The kernel's ping gets answers from our ICMP.
+    let ping = net
+        .run_in_ns("ping")
+        .args(["-c", "3", "-i", "0.2", "-W", "2", &net.dp_ip().to_string()])
+        .output();
+    match ping {
+        Ok(p) => assert!(
+            p.status.success(),
+            "ping failed: {}",
+            String::from_utf8_lossy(&p.stdout)
+        ),
+        Err(e) => eprintln!("SKIPPED: ping part: cannot run ping ({e}); install iputils-ping"),
+    }
     let out = net
         .run_in_ns("python3")
         .arg(peer_script())
@@ -91,7 +105,7 @@ fn our_client_to_linux_echo_server_ten_mib_verified() {
     let first = lines.next().expect("server prints when listening").unwrap();
     assert!(first.contains("listening"), "{first}");
 
-    let out = Arc::new(Mutex::new(None));
+    let out = ResultSink::default();
     let out2 = out.clone();
     let client = EchoClientConfig {
         server: SocketAddrV4::new(net.ns_ip(), 5001),
@@ -109,7 +123,7 @@ fn our_client_to_linux_echo_server_ten_mib_verified() {
     let report = dp.join().expect("dataplane ran");
     let tcp = report.cores[0].tcp;
     assert_eq!((tcp.rst_sent, tcp.rst_received), (0, 0), "{tcp:?}");
-    let r = out.lock().unwrap().take().expect("client result");
+    let r = EchoClientResult::collect(&out).expect("client result");
     assert!(!r.timed_out, "{r:?}");
     assert_eq!(r.failed_conns, 0);
     assert_eq!(r.corrupt_bytes, 0);

@@ -38,6 +38,8 @@ pub fn pattern() -> Rc<[u8]> {
 #[derive(Default)]
 struct ServerConn {
     backlog: Vec<TxBuf>,
+    /// The peer closed its side: close ours once the backlog is sent.
+    closing: bool,
 }
 
 /// The echo server.
@@ -88,6 +90,15 @@ impl EchoServer {
             }
         }
         state.backlog.drain(..done);
+        self.close_if_drained(cx, conn);
+    }
+
+    fn close_if_drained(&mut self, cx: &mut Cx, conn: Conn) {
+        let state = self.slot(conn);
+        if state.closing && state.backlog.is_empty() {
+            state.closing = false;
+            let _ = cx.close(conn);
+        }
     }
 }
 
@@ -100,7 +111,7 @@ impl App for EchoServer {
     }
 
     fn knock(&mut self, _cx: &mut Cx, conn: Conn, _peer: FourTuple) -> Knock {
-        self.slot(conn).backlog.clear();
+        *self.slot(conn) = ServerConn::default();
         Knock::Accept
     }
 
@@ -128,9 +139,14 @@ impl App for EchoServer {
     }
 
     fn dead(&mut self, cx: &mut Cx, conn: Conn, why: Dead) {
-        self.slot(conn).backlog.clear();
+        let state = self.slot(conn);
         if matches!(why, Dead::PeerClosed) {
-            let _ = cx.close(conn);
+            // Echo what is still queued, then close.
+            state.closing = true;
+            self.close_if_drained(cx, conn);
+        } else {
+            state.backlog.clear();
+            state.closing = false;
         }
     }
 }
@@ -193,6 +209,39 @@ pub struct EchoClientResult {
     pub timed_out: bool,
 }
 
+/// Where each core's client leaves its result when it stops.
+pub type ResultSink = Arc<Mutex<Vec<EchoClientResult>>>;
+
+impl EchoClientResult {
+    /// Combines the results of several cores: counts add up, latencies
+    /// merge, the measured window is the longest. `None` for no results.
+    pub fn combine(results: Vec<EchoClientResult>) -> Option<EchoClientResult> {
+        let mut it = results.into_iter();
+        let mut total = it.next()?;
+        for r in it {
+            total.measured += r.measured;
+            total.completed += r.completed;
+            total.verified_bytes += r.verified_bytes;
+            total.corrupt_bytes += r.corrupt_bytes;
+            total.failed_conns += r.failed_conns;
+            total.closed_conns += r.closed_conns;
+            total.elapsed = total.elapsed.max(r.elapsed);
+            total.timed_out |= r.timed_out;
+            total
+                .latency_ns
+                .add(&r.latency_ns)
+                .expect("histograms of equal bounds merge");
+        }
+        Some(total)
+    }
+
+    /// Takes and combines what the cores left in `sink`.
+    pub fn collect(sink: &ResultSink) -> Option<EchoClientResult> {
+        let results = std::mem::take(&mut *sink.lock().expect("result lock poisoned"));
+        EchoClientResult::combine(results)
+    }
+}
+
 struct ClientConn {
     conn: Option<Conn>,
     sent_at: Instant,
@@ -226,12 +275,13 @@ pub struct EchoClient {
     measure_to: Option<Instant>,
     lingering_since: Option<Instant>,
     result: EchoClientResult,
-    out: Arc<Mutex<Option<EchoClientResult>>>,
+    out: ResultSink,
+    stored: bool,
 }
 
 impl EchoClient {
     /// A client that will store its result in `out` when it stops.
-    pub fn new(cfg: EchoClientConfig, out: Arc<Mutex<Option<EchoClientResult>>>) -> EchoClient {
+    pub fn new(cfg: EchoClientConfig, out: ResultSink) -> EchoClient {
         EchoClient {
             pattern: pattern(),
             conns: Vec::with_capacity(cfg.connections),
@@ -255,6 +305,7 @@ impl EchoClient {
                 timed_out: false,
             },
             out,
+            stored: false,
             cfg,
         }
     }
@@ -347,7 +398,13 @@ impl EchoClient {
             latency_ns: self.result.latency_ns.clone(),
             ..self.result.clone()
         };
-        *self.out.lock().expect("result lock poisoned") = Some(snapshot);
+        if !self.stored {
+            self.stored = true;
+            self.out
+                .lock()
+                .expect("result lock poisoned")
+                .push(snapshot);
+        }
     }
 }
 

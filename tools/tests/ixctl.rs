@@ -95,7 +95,10 @@ fn both_rows_run_and_json_has_the_documented_shape() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     for system in ["ix", "linux"] {
         for key in ["rps", "p50_us", "p99_us"] {
-            assert!(v[system][key].as_f64().unwrap() > 0.0, "{system}.{key}: {v}");
+            assert!(
+                v[system][key].as_f64().unwrap() > 0.0,
+                "{system}.{key}: {v}"
+            );
         }
         assert_eq!(v[system]["errors"].as_u64(), Some(0), "{v}");
     }

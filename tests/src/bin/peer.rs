@@ -4,13 +4,14 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use dataplane::nic::fault::FaultConfig;
-use ix_tools::echo::{EchoClient, EchoClientConfig, EchoServer, MessageSize};
+use ix_tools::echo::{
+    EchoClient, EchoClientConfig, EchoClientResult, EchoServer, MessageSize, ResultSink,
+};
 use libix::{Config, Dataplane};
 
 #[derive(Parser)]
@@ -21,9 +22,12 @@ struct Args {
     /// Our IPv4 address.
     #[arg(long)]
     ip: Ipv4Addr,
-    /// Inject faults on RX: SEED,DROP,DUP,REORDER (rates 0..1).
+    /// Inject faults on RX: SEED,DROP,DUP,REORDER[,CORRUPT] (rates 0..1).
     #[arg(long)]
     faults: Option<String>,
+    /// Elastic threads (one memif queue each; both ends must agree).
+    #[arg(long, default_value_t = 1)]
+    cores: usize,
     /// Seconds to wait for the memif link.
     #[arg(long, default_value_t = 20)]
     link_timeout: u64,
@@ -67,14 +71,17 @@ enum Role {
 
 fn parse_faults(s: &str) -> anyhow::Result<FaultConfig> {
     let parts: Vec<&str> = s.split(',').collect();
-    let [seed, drop, dup, reorder] = parts[..] else {
-        bail!("--faults wants SEED,DROP,DUP,REORDER, got {s:?}");
+    let (seed, drop, dup, reorder, corrupt) = match parts[..] {
+        [a, b, c, d] => (a, b, c, d, "0"),
+        [a, b, c, d, e] => (a, b, c, d, e),
+        _ => bail!("--faults wants SEED,DROP,DUP,REORDER[,CORRUPT], got {s:?}"),
     };
     Ok(FaultConfig {
         seed: seed.parse().context("fault seed")?,
         drop: drop.parse().context("drop rate")?,
         duplicate: dup.parse().context("duplicate rate")?,
         reorder: reorder.parse().context("reorder rate")?,
+        corrupt: corrupt.parse().context("corrupt rate")?,
         direction: dataplane::nic::fault::Direction::Rx,
         ..FaultConfig::default()
     })
@@ -88,6 +95,7 @@ fn main() -> anyhow::Result<()> {
         Role::Server { port, seconds } => {
             let mut cfg = Config::memif_master(&args.memif, args.ip);
             cfg.faults = faults;
+            cfg.cores = vec![None; args.cores];
             cfg.link_timeout = Duration::from_secs(args.link_timeout);
             let dp = Dataplane::start(cfg, move |_| EchoServer::new(port))?;
             let stop = dp.stop_flag();
@@ -112,9 +120,10 @@ fn main() -> anyhow::Result<()> {
                 .context("--size wants MIN-MAX")?;
             let mut cfg = Config::memif_slave(&args.memif, args.ip);
             cfg.faults = faults;
+            cfg.cores = vec![None; args.cores];
             cfg.link_timeout = Duration::from_secs(args.link_timeout);
             cfg.tcp.max_conns = cfg.tcp.max_conns.max(2 * conns);
-            let out = Arc::new(Mutex::new(None));
+            let out = ResultSink::default();
             let client_cfg = EchoClientConfig {
                 server,
                 connections: conns,
@@ -130,11 +139,7 @@ fn main() -> anyhow::Result<()> {
             })?;
             let report = dp.join()?;
             eprintln!("client: {report:?}");
-            let r = out
-                .lock()
-                .unwrap()
-                .take()
-                .context("client stored no result")?;
+            let r = EchoClientResult::collect(&out).context("client stored no result")?;
             println!(
                 "{}",
                 serde_json::json!({

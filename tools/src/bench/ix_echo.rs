@@ -8,7 +8,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -16,7 +15,7 @@ use libix::{Config, Dataplane};
 
 use super::report::EchoResult;
 use super::EchoParams;
-use crate::echo::{EchoClient, EchoClientConfig, MessageSize};
+use crate::echo::{EchoClient, EchoClientConfig, EchoClientResult, MessageSize, ResultSink};
 
 /// Server and client addresses on the benchmark wire.
 const SERVER_IP: [u8; 4] = [10, 0, 0, 1];
@@ -90,7 +89,7 @@ pub fn run_ix_echo(params: &EchoParams) -> anyhow::Result<EchoResult> {
         duration: Some(params.duration),
         deadline: run_for,
     };
-    let out = Arc::new(Mutex::new(None));
+    let out = ResultSink::default();
     let out2 = out.clone();
     let dp = Dataplane::start(cfg, move |_| {
         EchoClient::new(client_cfg.clone(), out2.clone())
@@ -98,11 +97,7 @@ pub fn run_ix_echo(params: &EchoParams) -> anyhow::Result<EchoResult> {
     .context("cannot start the client dataplane")?;
     dp.join().context("client dataplane failed")?;
     let _ = std::fs::remove_dir_all(&dir);
-    let r = out
-        .lock()
-        .map_err(|_| anyhow::anyhow!("result lock poisoned"))?
-        .take()
-        .context("the echo client stored no result")?;
+    let r = EchoClientResult::collect(&out).context("the echo client stored no result")?;
     if r.timed_out {
         bail!(
             "the echo client hit its deadline ({} round trips done)",

@@ -340,7 +340,9 @@ mod tests {
         assert_eq!(lines.len(), 5, "{text}");
         assert!(lines[0].contains("16 connections × 64 B"), "{}", lines[0]);
         assert!(lines[1].contains("RPC/s") && lines[1].contains("p99 µs"));
-        assert!(lines[2].starts_with("ix") && lines[2].ends_with("not run: memif link did not come up"));
+        assert!(
+            lines[2].starts_with("ix") && lines[2].ends_with("not run: memif link did not come up")
+        );
         let linux: Vec<&str> = lines[3].split_whitespace().collect();
         assert_eq!(linux, ["linux", "150000", "50.0", "99.0", "1.00"]);
         assert!(

@@ -12,12 +12,13 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ix_tools::echo::{EchoClient, EchoClientConfig, EchoServer, MessageSize};
+use ix_tools::echo::{
+    EchoClient, EchoClientConfig, EchoClientResult, EchoServer, MessageSize, ResultSink,
+};
 use libix::{Config, Dataplane};
 
 /// Echo server and client on the IX dataplane over a memif wire.
@@ -124,15 +125,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 duration: Some(Duration::from_secs(seconds)),
                 deadline: Duration::from_secs(seconds + 30),
             };
-            let out = Arc::new(Mutex::new(None));
+            let out = ResultSink::default();
             let out2 = out.clone();
             let dp = Dataplane::start(cfg, move |_| EchoClient::new(client.clone(), out2.clone()))?;
             dp.join()?;
-            let r = out
-                .lock()
-                .map_err(|_| anyhow::anyhow!("result lock poisoned"))?
-                .take()
-                .context("the client stored no result")?;
+            let r = EchoClientResult::collect(&out).context("the client stored no result")?;
             let secs = r.elapsed.as_secs_f64().max(1e-9);
             println!(
                 "{} round trips in {:.2} s: {:.0} RPC/s, p50 {:.1} µs, p99 {:.1} µs; {} bytes verified, {} corrupt, {} failed connections",

@@ -27,7 +27,7 @@ use super::ring::{Buffers, Desc, Ring, DESC_FLAG_NEXT, RING_FLAG_MASK_INT};
 use super::{MemifRole, Steering, MAX_FRAME_LEN};
 use crate::buf::{PktBuf, Pool};
 use crate::nic::{QueuePair, QueueStats};
-use crate::rss::RssConfig;
+use crate::rss::{FlowTuple, RssConfig};
 
 /// A ring this queue produces into.
 struct TxRing {
@@ -521,7 +521,32 @@ fn tx_frames<T>(
             taken += 1;
             continue;
         }
-        let j = steer.map_or(0, |r| usize::from(r.queue_for_frame(bytes)));
+        let flow = steer.map(|r| (r, FlowTuple::from_frame(bytes)));
+        if let Some((_, None)) = flow {
+            // Not hashable (ARP, broadcasts): every receiver queue gets a
+            // copy, so each of the peer's cores keeps its own neighbour
+            // table current. Best effort, as broadcast is: a full ring
+            // misses its copy.
+            for t in act.tx.iter_mut() {
+                let put = if act.master {
+                    fill_posted(t, &act.bufs, bytes)
+                } else {
+                    produce_own(t, &act.bufs, act.own.expect("slave layout"), bytes)
+                };
+                if let Put::Fault(f) = put {
+                    fault = Some(f);
+                    break;
+                }
+            }
+            if fault.is_some() {
+                break;
+            }
+            stats.tx_packets += 1;
+            stats.tx_bytes += bytes.len() as u64;
+            taken += 1;
+            continue;
+        }
+        let j = flow.map_or(0, |(r, f)| usize::from(f.map_or(0, |f| r.queue_for(&f))));
         let Some(t) = act.tx.get_mut(j) else {
             stats.tx_dropped += 1;
             taken += 1;
