@@ -395,7 +395,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
         let batch = cfg.batch.max(1);
         let max_conns = cfg.tcp.max_conns;
         let core = Core {
-            iface: Interface::new(cfg.iface.clone(), now),
+            iface: Interface::new(cfg.iface, now),
             tcp: TcpStack::new(cfg.tcp.clone(), now, rand::random()),
             app_timers: TimerWheel::new(now, cfg.app_timers),
             released: Rc::new(ReleaseQueue {
@@ -434,7 +434,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
         while !self.core.stop && !stop.load(Ordering::Relaxed) {
             self.turn(handler);
             turns = turns.wrapping_add(1);
-            if turns % PUBLISH_EVERY == 0 {
+            if turns.is_multiple_of(PUBLISH_EVERY) {
                 self.publish();
             }
         }

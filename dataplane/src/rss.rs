@@ -146,7 +146,8 @@ mod tests {
     /// in the hash input.
     #[test]
     fn toeplitz_matches_microsoft_vectors() {
-        let cases: [([u8; 4], u16, [u8; 4], u16, u32); 5] = [
+        type Case = ([u8; 4], u16, [u8; 4], u16, u32);
+        let cases: [Case; 5] = [
             (
                 [161, 142, 100, 80],
                 1766,

@@ -171,7 +171,7 @@ fn frames_land_on_the_queue_the_receivers_rss_picks() {
 }
 
 #[test]
-fn non_ip_frames_go_to_queue_zero() {
+fn non_ip_frames_reach_every_queue() {
     let dir = temp_dir("nonip");
     let sock = dir.0.join("memif.sock");
     let rss = RssConfig::round_robin(Q, 128);
@@ -190,7 +190,7 @@ fn non_ip_frames_go_to_queue_zero() {
     }
     let mut got = [0usize; Q as usize];
     let deadline = Instant::now() + Duration::from_secs(10);
-    while got[0] < Q as usize {
+    while got.iter().any(|&n| n < Q as usize) {
         assert!(Instant::now() < deadline);
         for (j, q) in mq.iter_mut().enumerate() {
             q.rx_burst_bytes(8, |f| {
@@ -199,7 +199,9 @@ fn non_ip_frames_go_to_queue_zero() {
             });
         }
     }
-    assert_eq!(got, [Q as usize, 0, 0, 0]);
+    // Each of the Q senders' broadcast reached each of the Q receivers
+    // once, so every core's neighbour table learns from it.
+    assert_eq!(got, [Q as usize; Q as usize]);
 }
 
 #[test]

@@ -381,11 +381,11 @@ impl EchoClient {
 
     fn linger(&mut self, cx: &mut Cx) {
         let since = self.lingering_since.unwrap_or(cx.now());
-        if cx.unfinished_connections() == 0 || cx.now() - since >= LINGER {
-            cx.stop();
-        } else if cx
-            .arm_timer(Duration::from_millis(1), TIMER_LINGER)
-            .is_err()
+        let done = cx.unfinished_connections() == 0 || cx.now() - since >= LINGER;
+        if done
+            || cx
+                .arm_timer(Duration::from_millis(1), TIMER_LINGER)
+                .is_err()
         {
             cx.stop();
         }

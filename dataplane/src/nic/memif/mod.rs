@@ -38,7 +38,9 @@
 //! `k*Q + j`; receiver queue *j* polls rings `{k*Q + j}`. Both ends must
 //! be configured with the same number of queues and the same steering,
 //! and each end's [`RssConfig`] must be its *peer's* table. With one
-//! queue both layouts are the same.
+//! queue both layouts are the same. A frame that cannot be hashed (ARP,
+//! anything not TCP/UDP over IPv4) goes to *every* receiver queue, like a
+//! broadcast, so each of the peer's cores keeps its own neighbour table.
 //!
 //! # Memory and limits
 //!
