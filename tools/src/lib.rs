@@ -1,7 +1,7 @@
 //! Operator and benchmark tools for the IX dataplane.
 //!
 //! - [`cli`]: `ixctl`'s command line, parsed and validated into plain values.
-//! - [`bench`]: benchmarks that run the same application logic on our
+//! - [`bench`](mod@bench): benchmarks that run the same application logic on our
 //!   dataplane and on the Linux kernel and report both side by side.
 //! - [`commands`]: runs a parsed command and writes its report.
 //! - [`sys`]: the few Linux system calls `std` lacks (epoll, CPU affinity,

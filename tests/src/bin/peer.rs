@@ -22,7 +22,7 @@ struct Args {
     /// Our IPv4 address.
     #[arg(long)]
     ip: Ipv4Addr,
-    /// Inject faults on RX: SEED,DROP,DUP,REORDER[,CORRUPT] (rates 0..1).
+    /// Inject faults on RX: `SEED,DROP,DUP,REORDER[,CORRUPT]` (rates 0..1).
     #[arg(long)]
     faults: Option<String>,
     /// Elastic threads (one memif queue each; both ends must agree).
