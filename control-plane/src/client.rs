@@ -73,7 +73,7 @@ pub enum ClientError {
     #[error("ixcpd sent a response this client cannot read: {0}")]
     Protocol(String),
     /// ixcpd answered with an error.
-    #[error("{0}")]
+    #[error(transparent)]
     Api(#[from] ApiError),
 }
 

@@ -417,7 +417,9 @@ impl Daemon {
             format!("last output: {}", tail.join(" | "))
         };
         let message = format!("{name}: pid {pid} {what}; {output}");
-        self.release_launched(name, pid, &what);
+        if !self.release_launched(name, pid, &what) {
+            self.log(name, format!("pid {pid} {what}"));
+        }
         self.finished.push((
             waiter.conn,
             Err(ApiError::new(ErrorCode::LaunchFailed, message)).into(),
@@ -427,14 +429,16 @@ impl Daemon {
     /// Releases `name` if the program `pid` started for it holds it (or
     /// nobody registered); a dataplane of the same name made later, or
     /// one registered by another process, is left alone.
-    fn release_launched(&mut self, name: &str, pid: u32, why: &str) {
+    /// Returns whether it released.
+    fn release_launched(&mut self, name: &str, pid: u32, why: &str) -> bool {
         let Some(dp) = self.dataplanes.get(name) else {
-            return;
+            return false;
         };
         let ours = dp.launched == Some(pid) && dp.holder.as_ref().is_none_or(|h| h.pid == pid);
         if ours {
             self.release(name, &format!("pid {pid} {why}"));
         }
+        ours
     }
 
     /// Moves launched programs' output into their logs, fails launches
@@ -472,8 +476,9 @@ impl Daemon {
                         self.fail_launch(pid, waiter, &name, format!("{what} before registering"))
                     }
                     None => {
-                        self.log(&name, format!("pid {pid} {what}"));
-                        self.release_launched(&name, pid, &what);
+                        if !self.release_launched(&name, pid, &what) {
+                            self.log(&name, format!("pid {pid} {what}"));
+                        }
                     }
                 }
                 self.children.remove(&pid);

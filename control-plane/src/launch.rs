@@ -171,6 +171,7 @@ impl LaunchedChild {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        sys::unblock_signals_on_exec(&mut cmd);
         if let Some((uid, gid)) = spec.identity {
             // std drops supplementary groups when root changes uid.
             cmd.uid(uid).gid(gid);
@@ -315,6 +316,17 @@ mod tests {
         );
         assert!(child.output_closed());
         assert_eq!(child.tail().count(), 4);
+    }
+
+    #[test]
+    fn children_start_with_no_signal_blocked() {
+        let _blocked = sys::signal_fd(&[libc::SIGUSR2]).unwrap();
+        let mut child = spawn("grep SigBlk /proc/self/status");
+        let (_, lines) = wait_exit(&mut child);
+        assert_eq!(
+            lines,
+            [(Stream::Stdout, "SigBlk:\t0000000000000000".to_owned())]
+        );
     }
 
     #[test]

@@ -537,6 +537,29 @@ pub fn set_fd_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes `cmd`'s child start with no signal blocked: ixcpd blocks its stop
+/// signals (they arrive through a signalfd), and a blocked mask survives
+/// `fork` and `exec`, so a launched program would otherwise ignore the
+/// SIGTERM of `ixctl stop`.
+pub fn unblock_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls sigemptyset and sigprocmask, both async-signal-safe, on a set
+    // on its own stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+            cvt(libc::sigemptyset(set.as_mut_ptr()))?;
+            cvt(libc::sigprocmask(
+                libc::SIG_SETMASK,
+                set.as_ptr(),
+                std::ptr::null_mut(),
+            ))?;
+            Ok(())
+        });
+    }
+}
+
 /// Sends `signal` to process `pid`.
 pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid)

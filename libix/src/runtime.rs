@@ -1,6 +1,20 @@
 //! Starting a dataplane: open the NIC port, spawn one pinned elastic thread
 //! per core, each with its own buffer pool, queue pair, stack and
 //! application instance; stop and join them.
+//!
+//! Two ways in:
+//! - [`Dataplane::start`] with a [`Config`] the program builds itself (its
+//!   own pools, any CPUs): tests, benchmarks, standalone use.
+//! - [`Registered::register`] then [`Dataplane::start_registered`]: the
+//!   program claims an allocation from ixcpd (`register` on its API
+//!   socket, `$IX_SOCKET`, under the name `$IX_DATAPLANE` that `ixctl
+//!   launch` sets) and runs with exactly what ixcpd gave it: its CPUs
+//!   (one pinned elastic thread each), its port and addresses, and one
+//!   buffer pool per core mapped from the memfds ixcpd sent. The
+//!   registering connection is the dataplane's *lifeline*: the
+//!   [`Dataplane`] keeps it open until [`Dataplane::join`] returns, and
+//!   ixcpd takes everything back when it closes — also when the process
+//!   dies.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -9,8 +23,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use dataplane::buf::Pool;
+use control_plane::client::{default_socket_path, Client, ClientError};
+use control_plane::config::{PortKind, DATAPLANE_ENV};
+use control_plane::proto::Registration;
+use dataplane::buf::{Pool, BUF_SIZE};
 use dataplane::elastic::{CoreConfig, CoreCounters, ElasticThread, DEFAULT_BATCH};
+use dataplane::mem::SharedMem;
 use dataplane::net::iface::IfaceConfig;
 use dataplane::nic::af_packet::{AfPacketConfig, AfPacketPort, AfPacketQueue};
 use dataplane::nic::fault::{FaultConfig, FaultyQueue};
@@ -61,6 +79,38 @@ pub enum IxError {
     /// An elastic thread panicked.
     #[error("elastic thread {0} panicked")]
     Panicked(u16),
+    /// No dataplane name was given to register under.
+    #[error("no dataplane name to register as: pass one, or set {DATAPLANE_ENV} (`ixctl launch` sets it)")]
+    NoName,
+    /// ixcpd refused the registration or could not be reached.
+    #[error("cannot register {name:?} with ixcpd: {source}")]
+    Register {
+        /// The dataplane name.
+        name: String,
+        /// Cause.
+        source: ClientError,
+    },
+    /// A buffer pool ixcpd sent is smaller than the buffers it lists.
+    #[error("ixcpd's pool for queue {queue} has {bytes} bytes, too few for {buffers} buffers")]
+    PoolTooSmall {
+        /// The queue.
+        queue: u16,
+        /// Bytes of the memfd.
+        bytes: u64,
+        /// Buffers listed.
+        buffers: u32,
+    },
+    /// A buffer pool ixcpd sent could not be mapped.
+    #[error("cannot map ixcpd's pool for queue {queue}: {source}")]
+    PoolMap {
+        /// The queue.
+        queue: u16,
+        /// Cause.
+        source: dataplane::mem::MemError,
+    },
+    /// ixcpd's registration does not fit this runtime.
+    #[error("ixcpd's registration does not fit libix: {0}")]
+    Mismatch(&'static str),
 }
 
 /// Which NIC the dataplane drives.
@@ -197,6 +247,170 @@ impl Config {
     }
 }
 
+/// A buffer pool ixcpd handed over: its mapped memory and slot count.
+/// `Pool` itself is `!Send`, so each elastic thread builds its pool from
+/// this on its own thread.
+struct PoolMem {
+    mem: SharedMem,
+    buffers: u32,
+}
+
+/// An allocation claimed from ixcpd, ready to start as a dataplane.
+///
+/// ```no_run
+/// # use libix::{App, Cx};
+/// # struct Echo;
+/// # impl App for Echo {}
+/// // Under `ixctl launch`, IX_SOCKET and IX_DATAPLANE are set.
+/// let mut reg = libix::Registered::register(None)?;
+/// reg.config.tcp.max_conns = 4096; // tune the stack, not the resources
+/// let dp = libix::Dataplane::start_registered(reg, |_core| Echo)?;
+/// dp.join()?;
+/// # Ok::<(), libix::IxError>(())
+/// ```
+pub struct Registered {
+    /// The dataplane's configuration built from the registration. The
+    /// stack's settings (`tcp`, `batch`, `static_arp`, `link_timeout`) are
+    /// the program's to tune; `nic`, the addresses and `cores` are what
+    /// ixcpd allocated and must stay as they are.
+    pub config: Config,
+    name: String,
+    pools: Vec<PoolMem>,
+    lifeline: Client,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("pools", &self.pools.len())
+            .finish()
+    }
+}
+
+impl Registered {
+    /// Connects to ixcpd (`$IX_SOCKET`, else `/run/ix/ixcpd.sock`) and
+    /// registers as `name`, or as `$IX_DATAPLANE` when `name` is `None`.
+    pub fn register(name: Option<&str>) -> Result<Registered, IxError> {
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None => std::env::var(DATAPLANE_ENV)
+                .ok()
+                .filter(|n| !n.is_empty())
+                .ok_or(IxError::NoName)?,
+        };
+        Self::register_at(&default_socket_path(), &name)
+    }
+
+    /// Registers as `name` with the ixcpd listening on `socket`.
+    pub fn register_at(socket: &std::path::Path, name: &str) -> Result<Registered, IxError> {
+        let err = |source| IxError::Register {
+            name: name.to_owned(),
+            source,
+        };
+        let mut client = Client::connect(socket).map_err(err)?;
+        let (registration, fds) = client.register(name).map_err(err)?;
+        Self::from_registration(name, registration, fds, client)
+    }
+
+    fn from_registration(
+        name: &str,
+        reg: Registration,
+        fds: Vec<std::os::fd::OwnedFd>,
+        lifeline: Client,
+    ) -> Result<Registered, IxError> {
+        let cores = reg.allocation.cpus.len();
+        if cores == 0 || reg.pools.len() != cores {
+            return Err(IxError::Mismatch("one buffer pool per core expected"));
+        }
+        let queues = u16::try_from(cores).map_err(|_| IxError::Mismatch("too many cores"))?;
+        if reg.allocation.reta != RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS).reta {
+            return Err(IxError::Mismatch(
+                "the redirection table is not the round-robin one libix steers by",
+            ));
+        }
+        let mut fds: Vec<Option<std::os::fd::OwnedFd>> = fds.into_iter().map(Some).collect();
+        let mut pools = Vec::with_capacity(cores);
+        for (i, p) in reg.pools.iter().enumerate() {
+            if usize::from(p.queue) != i {
+                return Err(IxError::Mismatch("pools are not listed in queue order"));
+            }
+            let needed = u64::from(p.buffers) * BUF_SIZE as u64;
+            if p.buffers == 0 || p.buffers == u32::MAX || p.bytes < needed {
+                return Err(IxError::PoolTooSmall {
+                    queue: p.queue,
+                    bytes: p.bytes,
+                    buffers: p.buffers,
+                });
+            }
+            let fd = fds
+                .get_mut(p.fd as usize)
+                .and_then(Option::take)
+                .ok_or(IxError::Mismatch(
+                    "a pool names a missing or reused descriptor",
+                ))?;
+            let len = usize::try_from(p.bytes).map_err(|_| IxError::Mismatch("pool too large"))?;
+            let mem = SharedMem::from_fd(fd, len, true).map_err(|source| IxError::PoolMap {
+                queue: p.queue,
+                source,
+            })?;
+            pools.push(PoolMem {
+                mem,
+                buffers: p.buffers,
+            });
+        }
+        let port = &reg.port;
+        let nic = match &port.kind {
+            PortKind::Memif { socket, role, .. } => {
+                let role = match role {
+                    control_plane::config::MemifRole::Master => MemifRole::Master,
+                    control_plane::config::MemifRole::Slave => MemifRole::Slave,
+                };
+                let mut memif_name = format!("ix-{name}");
+                memif_name.truncate(31);
+                NicConfig::Memif(MemifConfig {
+                    socket_path: socket.clone(),
+                    role,
+                    id: 0,
+                    secret: None,
+                    name: memif_name,
+                    queues,
+                    log2_ring_size: 10,
+                    buffer_size: 2048,
+                    steering: Steering::None,
+                })
+            }
+            PortKind::AfPacket { interface, .. } => NicConfig::AfPacket {
+                ifname: interface.clone(),
+            },
+        };
+        let mut config = Config::with_nic(nic, port.ip);
+        config.prefix_len = port.prefix;
+        config.gateway = port.gateway;
+        config.mac = EthernetAddress(port.mac.0);
+        config.cores = reg
+            .allocation
+            .cpus
+            .iter()
+            .map(|&c| Some(c as usize))
+            .collect();
+        config.pool_buffers = reg.allocation.buffers_per_core;
+        config.hugepages = reg.allocation.huge;
+        Ok(Registered {
+            config,
+            name: name.to_owned(),
+            pools,
+            lifeline,
+        })
+    }
+
+    /// The name registered under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// The queue pair of one core, whichever backend it is.
 enum AnyQueue {
     Memif(MemifQueue),
@@ -270,12 +484,46 @@ pub struct Dataplane {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<CoreReport, IxError>>>,
     counters: Vec<Arc<CoreCounters>>,
+    /// The registration's connection to ixcpd, open while the cores run.
+    lifeline: Option<Client>,
 }
 
 impl Dataplane {
     /// Opens the port and starts one elastic thread per configured core,
     /// each running its own `factory(core_index)` application.
     pub fn start<A, F>(cfg: Config, factory: F) -> Result<Dataplane, IxError>
+    where
+        A: App,
+        F: Fn(u16) -> A + Send + Sync + 'static,
+    {
+        let pools = cfg.cores.iter().map(|_| None).collect();
+        Self::start_with(cfg, pools, None, factory)
+    }
+
+    /// Starts the dataplane ixcpd allocated (see [`Registered`]): one
+    /// elastic thread pinned to each allocated CPU, each with the buffer
+    /// pool ixcpd sent for its queue. The registration stays open until
+    /// [`Dataplane::join`] returns.
+    pub fn start_registered<A, F>(reg: Registered, factory: F) -> Result<Dataplane, IxError>
+    where
+        A: App,
+        F: Fn(u16) -> A + Send + Sync + 'static,
+    {
+        if reg.config.cores.len() != reg.pools.len() {
+            return Err(IxError::Config(
+                "the cores of a registered dataplane are ixcpd's: do not change them",
+            ));
+        }
+        let pools = reg.pools.into_iter().map(Some).collect();
+        Self::start_with(reg.config, pools, Some(reg.lifeline), factory)
+    }
+
+    fn start_with<A, F>(
+        cfg: Config,
+        pools: Vec<Option<PoolMem>>,
+        lifeline: Option<Client>,
+        factory: F,
+    ) -> Result<Dataplane, IxError>
     where
         A: App,
         F: Fn(u16) -> A + Send + Sync + 'static,
@@ -307,7 +555,7 @@ impl Dataplane {
         let rss = RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS);
         let mut threads = Vec::new();
         let mut counters = Vec::new();
-        for (q, cpu) in cfg.cores.iter().copied().enumerate() {
+        for ((q, cpu), pool_mem) in cfg.cores.iter().copied().enumerate().zip(pools) {
             let q = q as u16;
             let core_cfg = CoreConfig {
                 queue: q,
@@ -333,7 +581,7 @@ impl Dataplane {
                     if let Some(cpu) = cpu {
                         pin_to_cpu(cpu);
                     }
-                    run_core(&cfg, core_cfg, &port, ctr, &stop, factory(q))
+                    run_core(&cfg, core_cfg, &port, pool_mem, ctr, &stop, factory(q))
                 })
                 .map_err(IxError::Spawn)?;
             threads.push(handle);
@@ -342,6 +590,7 @@ impl Dataplane {
             stop,
             threads,
             counters,
+            lifeline,
         })
     }
 
@@ -363,7 +612,8 @@ impl Dataplane {
 
     /// Waits for every core to finish (each stops when its application
     /// calls `Cx::stop`, or when [`Dataplane::stop`] is called).
-    pub fn join(self) -> Result<RunReport, IxError> {
+    pub fn join(mut self) -> Result<RunReport, IxError> {
+        let lifeline = self.lifeline.take();
         let mut report = RunReport::default();
         let mut first_err = None;
         for (q, t) in self.threads.into_iter().enumerate() {
@@ -377,6 +627,8 @@ impl Dataplane {
                 }
             }
         }
+        // Every core has stopped: now ixcpd may take the resources back.
+        drop(lifeline);
         match first_err {
             Some(e) => Err(e),
             None => Ok(report),
@@ -434,13 +686,17 @@ fn run_core<A: App>(
     cfg: &Config,
     core_cfg: CoreConfig,
     port: &Port,
+    pool_mem: Option<PoolMem>,
     counters: Arc<CoreCounters>,
     stop: &AtomicBool,
     app: A,
 ) -> Result<CoreReport, IxError> {
     let q = core_cfg.queue;
-    let pool = Pool::new(q, cfg.pool_buffers, cfg.hugepages)
-        .map_err(|source| IxError::Pool { core: q, source })?;
+    let pool = match pool_mem {
+        Some(p) => Pool::from_mem(q, p.mem, p.buffers),
+        None => Pool::new(q, cfg.pool_buffers, cfg.hugepages)
+            .map_err(|source| IxError::Pool { core: q, source })?,
+    };
     let queue = open_queue(cfg, port, q, pool, stop)?;
     let mut thread = ElasticThread::new(core_cfg, queue, counters.clone());
     for (ip, mac) in &cfg.static_arp {
