@@ -258,9 +258,11 @@ struct PoolMem {
 /// An allocation claimed from ixcpd, ready to start as a dataplane.
 ///
 /// ```no_run
-/// # use libix::{App, Cx};
+/// # use libix::{App, Conn, Cx, RxBuf};
 /// # struct Echo;
-/// # impl App for Echo {}
+/// # impl App for Echo {
+/// #     fn recv(&mut self, _cx: &mut Cx, _conn: Conn, _data: RxBuf) {}
+/// # }
 /// // Under `ixctl launch`, IX_SOCKET and IX_DATAPLANE are set.
 /// let mut reg = libix::Registered::register(None)?;
 /// reg.config.tcp.max_conns = 4096; // tune the stack, not the resources
