@@ -313,97 +313,12 @@ impl Registered {
         };
         let mut client = Client::connect(socket).map_err(err)?;
         let (registration, fds) = client.register(name).map_err(err)?;
-        Self::from_registration(name, registration, fds, client)
-    }
-
-    fn from_registration(
-        name: &str,
-        reg: Registration,
-        fds: Vec<std::os::fd::OwnedFd>,
-        lifeline: Client,
-    ) -> Result<Registered, IxError> {
-        let cores = reg.allocation.cpus.len();
-        if cores == 0 || reg.pools.len() != cores {
-            return Err(IxError::Mismatch("one buffer pool per core expected"));
-        }
-        let queues = u16::try_from(cores).map_err(|_| IxError::Mismatch("too many cores"))?;
-        if reg.allocation.reta != RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS).reta {
-            return Err(IxError::Mismatch(
-                "the redirection table is not the round-robin one libix steers by",
-            ));
-        }
-        let mut fds: Vec<Option<std::os::fd::OwnedFd>> = fds.into_iter().map(Some).collect();
-        let mut pools = Vec::with_capacity(cores);
-        for (i, p) in reg.pools.iter().enumerate() {
-            if usize::from(p.queue) != i {
-                return Err(IxError::Mismatch("pools are not listed in queue order"));
-            }
-            let needed = u64::from(p.buffers) * BUF_SIZE as u64;
-            if p.buffers == 0 || p.buffers == u32::MAX || p.bytes < needed {
-                return Err(IxError::PoolTooSmall {
-                    queue: p.queue,
-                    bytes: p.bytes,
-                    buffers: p.buffers,
-                });
-            }
-            let fd = fds
-                .get_mut(p.fd as usize)
-                .and_then(Option::take)
-                .ok_or(IxError::Mismatch(
-                    "a pool names a missing or reused descriptor",
-                ))?;
-            let len = usize::try_from(p.bytes).map_err(|_| IxError::Mismatch("pool too large"))?;
-            let mem = SharedMem::from_fd(fd, len, true).map_err(|source| IxError::PoolMap {
-                queue: p.queue,
-                source,
-            })?;
-            pools.push(PoolMem {
-                mem,
-                buffers: p.buffers,
-            });
-        }
-        let port = &reg.port;
-        let nic = match &port.kind {
-            PortKind::Memif { socket, role, .. } => {
-                let role = match role {
-                    control_plane::config::MemifRole::Master => MemifRole::Master,
-                    control_plane::config::MemifRole::Slave => MemifRole::Slave,
-                };
-                let mut memif_name = format!("ix-{name}");
-                memif_name.truncate(31);
-                NicConfig::Memif(MemifConfig {
-                    socket_path: socket.clone(),
-                    role,
-                    id: 0,
-                    secret: None,
-                    name: memif_name,
-                    queues,
-                    log2_ring_size: 10,
-                    buffer_size: 2048,
-                    steering: Steering::None,
-                })
-            }
-            PortKind::AfPacket { interface, .. } => NicConfig::AfPacket {
-                ifname: interface.clone(),
-            },
-        };
-        let mut config = Config::with_nic(nic, port.ip);
-        config.prefix_len = port.prefix;
-        config.gateway = port.gateway;
-        config.mac = EthernetAddress(port.mac.0);
-        config.cores = reg
-            .allocation
-            .cpus
-            .iter()
-            .map(|&c| Some(c as usize))
-            .collect();
-        config.pool_buffers = reg.allocation.buffers_per_core;
-        config.hugepages = reg.allocation.huge;
+        let (config, pools) = from_registration(name, registration, fds)?;
         Ok(Registered {
             config,
             name: name.to_owned(),
             pools,
-            lifeline,
+            lifeline: client,
         })
     }
 
@@ -411,6 +326,92 @@ impl Registered {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// Checks a registration and builds the dataplane's config and pools.
+fn from_registration(
+    name: &str,
+    reg: Registration,
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<(Config, Vec<PoolMem>), IxError> {
+    let cores = reg.allocation.cpus.len();
+    if cores == 0 || reg.pools.len() != cores {
+        return Err(IxError::Mismatch("one buffer pool per core expected"));
+    }
+    let queues = u16::try_from(cores).map_err(|_| IxError::Mismatch("too many cores"))?;
+    if reg.allocation.reta != RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS).reta {
+        return Err(IxError::Mismatch(
+            "the redirection table is not the round-robin one libix steers by",
+        ));
+    }
+    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut pools = Vec::with_capacity(cores);
+    for (i, p) in reg.pools.iter().enumerate() {
+        if usize::from(p.queue) != i {
+            return Err(IxError::Mismatch("pools are not listed in queue order"));
+        }
+        let needed = u64::from(p.buffers) * BUF_SIZE as u64;
+        if p.buffers == 0 || p.buffers == u32::MAX || p.bytes < needed {
+            return Err(IxError::PoolTooSmall {
+                queue: p.queue,
+                bytes: p.bytes,
+                buffers: p.buffers,
+            });
+        }
+        let fd = fds
+            .get_mut(p.fd as usize)
+            .and_then(Option::take)
+            .ok_or(IxError::Mismatch(
+                "a pool names a missing or reused descriptor",
+            ))?;
+        let len = usize::try_from(p.bytes).map_err(|_| IxError::Mismatch("pool too large"))?;
+        let mem = SharedMem::from_fd(fd, len, true).map_err(|source| IxError::PoolMap {
+            queue: p.queue,
+            source,
+        })?;
+        pools.push(PoolMem {
+            mem,
+            buffers: p.buffers,
+        });
+    }
+    let port = &reg.port;
+    let nic = match &port.kind {
+        PortKind::Memif { socket, role, .. } => {
+            let role = match role {
+                control_plane::config::MemifRole::Master => MemifRole::Master,
+                control_plane::config::MemifRole::Slave => MemifRole::Slave,
+            };
+            let mut memif_name = format!("ix-{name}");
+            memif_name.truncate(31);
+            NicConfig::Memif(MemifConfig {
+                socket_path: socket.clone(),
+                role,
+                id: 0,
+                secret: None,
+                name: memif_name,
+                queues,
+                log2_ring_size: 10,
+                buffer_size: 2048,
+                steering: Steering::None,
+            })
+        }
+        PortKind::AfPacket { interface, .. } => NicConfig::AfPacket {
+            ifname: interface.clone(),
+        },
+    };
+    let mut config = Config::with_nic(nic, port.ip);
+    config.prefix_len = port.prefix;
+    config.gateway = port.gateway;
+    config.mac = EthernetAddress(port.mac.0);
+    config.cores = reg
+        .allocation
+        .cpus
+        .iter()
+        .map(|&c| Some(c as usize))
+        .collect();
+    config.pool_buffers = reg.allocation.buffers_per_core;
+    config.hugepages = reg.allocation.huge;
+    Ok((config, pools))
 }
 
 /// The queue pair of one core, whichever backend it is.
@@ -734,5 +735,91 @@ fn pin_to_cpu(cpu: usize) {
             "cannot pin elastic thread to cpu {cpu}: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use control_plane::config::{MacAddr, PortConfig};
+    use control_plane::proto::PoolFd;
+    use control_plane::resources::Allocation;
+
+    fn registration(cores: usize, buffers: u32, bytes: u64) -> Registration {
+        Registration {
+            allocation: Allocation {
+                name: "echo".into(),
+                port: "wire0".into(),
+                cpus: (0..cores as u32).collect(),
+                buffers_per_core: buffers,
+                pool_bytes: bytes,
+                page_size: 4096,
+                huge: false,
+                reta: (0..128).map(|g| (g % cores) as u16).collect(),
+            },
+            port: PortConfig {
+                name: "wire0".into(),
+                kind: PortKind::Memif {
+                    socket: "/tmp/w.sock".into(),
+                    role: control_plane::config::MemifRole::Slave,
+                    queues: 2,
+                },
+                ip: Ipv4Addr::new(10, 77, 0, 2),
+                prefix: 24,
+                mac: MacAddr([2, 0, 0, 0, 0, 9]),
+                mac_derived: false,
+                gateway: Some(Ipv4Addr::new(10, 77, 0, 254)),
+            },
+            pools: (0..cores)
+                .map(|i| PoolFd {
+                    queue: i as u16,
+                    fd: i as u32,
+                    bytes,
+                    buffers,
+                    huge: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn memfds(n: usize, bytes: u64) -> Vec<std::os::fd::OwnedFd> {
+        (0..n)
+            .map(|_| {
+                let mem = SharedMem::create("ix-reg-test", bytes as usize, false).unwrap();
+                mem.fd().try_clone_to_owned().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_registration_becomes_pinned_cores_the_port_and_mapped_pools() {
+        let bytes = 64 * BUF_SIZE as u64;
+        let (cfg, pools) =
+            from_registration("echo", registration(2, 64, bytes), memfds(2, bytes)).unwrap();
+        assert_eq!(cfg.cores, [Some(0), Some(1)]);
+        assert_eq!((cfg.ip, cfg.prefix_len), (Ipv4Addr::new(10, 77, 0, 2), 24));
+        assert_eq!(cfg.gateway, Some(Ipv4Addr::new(10, 77, 0, 254)));
+        assert_eq!(cfg.mac, EthernetAddress([2, 0, 0, 0, 0, 9]));
+        let NicConfig::Memif(m) = &cfg.nic else {
+            panic!("{:?}", cfg.nic)
+        };
+        assert_eq!((m.role, m.queues), (MemifRole::Slave, 2));
+        assert_eq!(pools.len(), 2);
+        assert!(pools
+            .iter()
+            .all(|p| p.buffers == 64 && p.mem.len() >= bytes as usize));
+    }
+
+    #[test]
+    fn inconsistent_registrations_are_refused() {
+        let bytes = 64 * BUF_SIZE as u64;
+        let small = from_registration("e", registration(1, 65, bytes), memfds(1, bytes));
+        assert!(matches!(small, Err(IxError::PoolTooSmall { queue: 0, .. })));
+        let missing = from_registration("e", registration(2, 64, bytes), memfds(1, bytes));
+        assert!(matches!(missing, Err(IxError::Mismatch(_))));
+        let mut reta = registration(2, 64, bytes);
+        reta.allocation.reta[0] = 1;
+        let moved = from_registration("e", reta, memfds(2, bytes));
+        assert!(matches!(moved, Err(IxError::Mismatch(_))));
     }
 }
