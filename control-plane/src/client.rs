@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use crate::config::{DEFAULT_SOCKET, SOCKET_ENV};
 use crate::proto::{
-    self, AllocateArgs, ApiError, LogsReply, Outcome, Registration, Reply, Request, RequestFrame,
-    ResponseFrame, StatsReply, StatusReply, StopReply, MAX_FRAME, VERSION,
+    self, AllocateArgs, ApiError, LaunchArgs, LaunchReply, LogsReply, Outcome, Registration, Reply,
+    Request, RequestFrame, ResponseFrame, StatsReply, StatusReply, StopReply, MAX_FRAME, VERSION,
 };
 use crate::resources::{Allocation, ResourcesView};
 use crate::sys::SeqPacket;
@@ -73,7 +73,7 @@ pub enum ClientError {
     #[error("ixcpd sent a response this client cannot read: {0}")]
     Protocol(String),
     /// ixcpd answered with an error.
-    #[error("{0}")]
+    #[error(transparent)]
     Api(#[from] ApiError),
 }
 
@@ -120,6 +120,7 @@ fn reply_type(reply: &Reply) -> &'static str {
         Reply::Resized(_) => "resized",
         Reply::Logs(_) => "logs",
         Reply::Registered(_) => "registered",
+        Reply::Launched(_) => "launched",
     }
 }
 
@@ -242,6 +243,24 @@ impl Client {
     /// `allocate`: reserves resources under a name.
     pub fn allocate(&mut self, args: AllocateArgs) -> Result<Allocation, ClientError> {
         expect_reply!(self.call(Request::Allocate(args))?, Allocated, "allocated")
+    }
+
+    /// `launch`: allocates and starts a program as a dataplane, and waits
+    /// until it registered (up to the daemon's launch timeout, 5 s, plus
+    /// this client's timeout).
+    pub fn launch(&mut self, args: LaunchArgs) -> Result<LaunchReply, ClientError> {
+        let normal = self.timeout;
+        let longer = normal + crate::daemon::LAUNCH_TIMEOUT;
+        self.sock
+            .set_timeout(Some(longer))
+            .map_err(ClientError::Io)?;
+        self.timeout = longer;
+        let reply = self.call(Request::Launch(args));
+        self.timeout = normal;
+        self.sock
+            .set_timeout(Some(normal))
+            .map_err(ClientError::Io)?;
+        expect_reply!(reply?, Launched, "launched")
     }
 
     /// `stop`: stops a dataplane and returns its resources.

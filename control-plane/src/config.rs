@@ -61,6 +61,9 @@ use crate::units::{parse_size, round_up, Bytes, CpuList, MIB};
 pub const DEFAULT_SOCKET: &str = "/run/ix/ixcpd.sock";
 /// Environment variable that overrides the configured socket path.
 pub const SOCKET_ENV: &str = "IX_SOCKET";
+/// Environment variable naming the dataplane a launched program registers
+/// as (set by ixcpd's `launch`).
+pub const DATAPLANE_ENV: &str = "IX_DATAPLANE";
 /// Permission bits of the API socket unless configured otherwise.
 pub const DEFAULT_MODE: u32 = 0o660;
 /// Packet-memory budget unless configured otherwise.

@@ -17,6 +17,15 @@
 //! [`STOP_GRACE`], and is released when its lifeline closes (or after
 //! [`STOP_GIVE_UP`] if some other process inherited the lifeline).
 //!
+//! `launch` allocates the same way, then starts the program (see
+//! [`crate::launch`]) and answers only when the program has registered:
+//! with the time it took, or — when the program exits first or does not
+//! register within [`LAUNCH_TIMEOUT`] — with an error quoting its last
+//! lines of output, the allocation released. A launched program that
+//! exits later releases its dataplane even if it never registered (its
+//! exit is collected with `waitpid`, see [`Daemon::tick`]). Its stdout
+//! and stderr go to the dataplane's log, served by `logs`.
+//!
 //! A dataplane belongs to the uid that allocated it: only that uid and
 //! root may register, stop or resize it. Anyone authorised may read.
 
@@ -24,10 +33,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{Config, HugePages};
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use crate::config::{Config, HugePages, Policy};
+use crate::launch::{self, LaunchedChild, Spec, Stream};
 use crate::proto::{
-    AllocateArgs, ApiError, DaemonInfo, DataplaneInfo, DataplaneState, ErrorCode, LogLine,
-    LogsReply, PoolFd, Registration, Reply, Request, StatsReply, StatusReply, StopReply, VERSION,
+    AllocateArgs, ApiError, DaemonInfo, DataplaneInfo, DataplaneState, ErrorCode, Isolation,
+    LaunchArgs, LaunchReply, LogLine, LogsReply, PoolFd, Registration, Reply, Request, StatsReply,
+    StatusReply, StopReply, VERSION,
 };
 use crate::resources::{AllocError, AllocRequest, Allocation, MemoryAsk, Resources};
 use crate::sys::{self, PeerCred};
@@ -38,6 +52,11 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Time after SIGTERM when a dataplane whose lifeline is still open is
 /// released anyway (its process is gone; something else holds the fd).
 pub const STOP_GIVE_UP: Duration = Duration::from_secs(3);
+/// Time a launched program has to register.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often exits are looked for once a launched program closed its
+/// output (the usual sign that it is exiting).
+pub const REAP_INTERVAL: Duration = Duration::from_millis(20);
 /// Log lines kept per dataplane.
 pub const LOG_LINES: usize = 128;
 /// Longest log line kept, bytes.
@@ -91,6 +110,24 @@ struct Dataplane {
     owner_uid: u32,
     since_unix_ms: u64,
     holder: Option<Holder>,
+    /// The pid of the program `launch` started for it.
+    launched: Option<u32>,
+}
+
+/// A `launch` request waiting for its program to register.
+#[derive(Debug)]
+struct Waiter {
+    conn: ConnId,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// A program ixcpd started, until its exit is collected.
+#[derive(Debug)]
+struct Launch {
+    name: String,
+    child: LaunchedChild,
+    waiter: Option<Waiter>,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +162,8 @@ pub struct Daemon {
     dataplanes: BTreeMap<String, Dataplane>,
     logs: BTreeMap<String, LogBook>,
     log_order: VecDeque<String>,
+    children: BTreeMap<u32, Launch>,
+    finished: Vec<(ConnId, Answer)>,
     started: Instant,
     /// Counters the server updates.
     pub counters: Counters,
@@ -163,6 +202,8 @@ impl Daemon {
             dataplanes: BTreeMap::new(),
             logs: BTreeMap::new(),
             log_order: VecDeque::new(),
+            children: BTreeMap::new(),
+            finished: Vec::new(),
             started: Instant::now(),
             counters: Counters::default(),
         }
@@ -234,32 +275,219 @@ impl Daemon {
         }
     }
 
-    /// Answers one request from `caller` at time `now`.
-    pub fn handle(&mut self, caller: &Caller, request: Request, now: Instant) -> Answer {
-        match request {
+    /// Answers one request from `caller` at time `now`. `None` means the
+    /// answer comes later, from [`Daemon::take_finished`] (a `launch`
+    /// waiting for its program to register); the caller's connection
+    /// should send nothing else until then.
+    pub fn handle(&mut self, caller: &Caller, request: Request, now: Instant) -> Option<Answer> {
+        let answer = match request {
             Request::Status => Ok(Reply::Status(self.status())).into(),
             Request::Resources => Ok(Reply::Resources(self.resources.view())).into(),
             Request::Allocate(args) => self.allocate(caller, args).map(Reply::Allocated).into(),
-            Request::Launch(args) => Err(ApiError::new(
-                ErrorCode::NotSupported,
-                format!(
-                    "launch is not available in this ixcpd yet: allocate {:?} and start the \
-                     program yourself; it registers with ixcpd at start-up",
-                    args.name
-                ),
-            ))
-            .into(),
+            Request::Launch(args) => match self.launch(caller, args, now) {
+                Ok(()) => return None,
+                Err(err) => Err(err).into(),
+            },
             Request::Stop { name } => self.stop(caller, &name, now).map(Reply::Stopped).into(),
             Request::Stats { name } => self.stats(&name).map(Reply::Stats).into(),
             Request::Cores { name, n } => self.cores(caller, &name, n).map(Reply::Resized).into(),
             Request::Logs { name, lines } => self.logs(&name, lines).map(Reply::Logs).into(),
-            Request::Register { name } => match self.register(caller, &name) {
+            Request::Register { name } => match self.register(caller, &name, now) {
                 Ok((registration, fds)) => Answer {
                     outcome: Ok(Reply::Registered(registration)),
                     fds,
                 },
                 Err(err) => Err(err).into(),
             },
+        };
+        Some(answer)
+    }
+
+    /// Answers that became ready since the last call, each for the
+    /// connection whose request [`Daemon::handle`] deferred.
+    pub fn take_finished(&mut self) -> Vec<(ConnId, Answer)> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// The output pipes of launched programs, to poll for readability.
+    pub fn child_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.children.values().flat_map(|l| l.child.fds()).collect()
+    }
+
+    fn launch(&mut self, caller: &Caller, args: LaunchArgs, now: Instant) -> Result<(), ApiError> {
+        if args.isolation == Some(Isolation::Kvm) {
+            return Err(ApiError::new(
+                ErrorCode::NotSupported,
+                "not_supported: kvm isolation is not built yet (launch with --isolation process)",
+            ));
+        }
+        if args.policy == Some(Policy::Load) {
+            return Err(ApiError::new(
+                ErrorCode::NotSupported,
+                "the load policy is not built yet (launch without --policy, resize with `ixctl cores`)",
+            ));
+        }
+        if !Path::new(&args.program).is_absolute() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "program {:?} is not an absolute path (ixctl resolves it against PATH)",
+                    args.program
+                ),
+            ));
+        }
+        let cwd = args.cwd.clone().unwrap_or_else(|| "/".to_owned());
+        if !Path::new(&cwd).is_absolute() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("cwd {cwd:?} is not an absolute path"),
+            ));
+        }
+        let allocation = self.allocate(
+            caller,
+            AllocateArgs {
+                name: args.name,
+                cores: args.cores,
+                port: args.port,
+                buffers_per_core: args.buffers_per_core,
+                memory: args.memory,
+            },
+        )?;
+        let name = allocation.name;
+        let identity =
+            (caller.cred.uid != sys::euid()).then_some((caller.cred.uid, caller.cred.gid));
+        let spawned = LaunchedChild::spawn(&Spec {
+            name: &name,
+            socket: &self.config.api.socket,
+            program: &args.program,
+            args: &args.args,
+            cwd: Path::new(&cwd),
+            identity,
+        });
+        let child = match spawned {
+            Ok(child) => child,
+            Err(err) => {
+                let message = err.to_string();
+                self.release(&name, &format!("launch failed: {message}"));
+                let code = match err {
+                    launch::LaunchError::RelativeProgram { .. } => ErrorCode::InvalidArgument,
+                    launch::LaunchError::Spawn { .. } => ErrorCode::LaunchFailed,
+                };
+                return Err(ApiError::new(code, message));
+            }
+        };
+        let pid = child.pid();
+        if let Some(dp) = self.dataplanes.get_mut(&name) {
+            dp.launched = Some(pid);
+        }
+        self.log(
+            &name,
+            format!(
+                "launched {} {} as pid {pid} (isolation process, in {cwd})",
+                args.program,
+                args.args.join(" ")
+            ),
+        );
+        self.children.insert(
+            pid,
+            Launch {
+                name,
+                child,
+                waiter: Some(Waiter {
+                    conn: caller.conn,
+                    started: now,
+                    deadline: now + LAUNCH_TIMEOUT,
+                }),
+            },
+        );
+        Ok(())
+    }
+
+    /// Answers the `launch` waiting on `pid` with an error, and releases
+    /// the dataplane if that program still holds it.
+    fn fail_launch(&mut self, pid: u32, waiter: Waiter, name: &str, what: String) {
+        let tail: Vec<String> = self
+            .children
+            .get(&pid)
+            .map(|l| l.child.tail().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let output = if tail.is_empty() {
+            "no output".to_owned()
+        } else {
+            format!("last output: {}", tail.join(" | "))
+        };
+        let message = format!("{name}: pid {pid} {what}; {output}");
+        if !self.release_launched(name, pid, &what) {
+            self.log(name, format!("pid {pid} {what}"));
+        }
+        self.finished.push((
+            waiter.conn,
+            Err(ApiError::new(ErrorCode::LaunchFailed, message)).into(),
+        ));
+    }
+
+    /// Releases `name` if the program `pid` started for it holds it (or
+    /// nobody registered); a dataplane of the same name made later, or
+    /// one registered by another process, is left alone.
+    /// Returns whether it released.
+    fn release_launched(&mut self, name: &str, pid: u32, why: &str) -> bool {
+        let Some(dp) = self.dataplanes.get(name) else {
+            return false;
+        };
+        let ours = dp.launched == Some(pid) && dp.holder.as_ref().is_none_or(|h| h.pid == pid);
+        if ours {
+            self.release(name, &format!("pid {pid} {why}"));
+        }
+        ours
+    }
+
+    /// Moves launched programs' output into their logs, fails launches
+    /// past their deadline, and collects exits.
+    fn service_children(&mut self, now: Instant) {
+        let pids: Vec<u32> = self.children.keys().copied().collect();
+        for pid in pids {
+            let Some(launch) = self.children.get_mut(&pid) else {
+                continue;
+            };
+            let name = launch.name.clone();
+            let lines = launch.child.read_output();
+            let status = launch.child.try_exit();
+            let late = launch.waiter.as_ref().is_some_and(|w| now >= w.deadline);
+            let lines = match status {
+                // Whatever it wrote before exiting is in the pipe now.
+                Some(_) => lines
+                    .into_iter()
+                    .chain(launch.child.read_output())
+                    .collect(),
+                None => lines,
+            };
+            for (stream, line) in lines {
+                let tag = match stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                };
+                self.log(&name, format!("{tag}: {line}"));
+            }
+            let launch = self.children.get_mut(&pid).expect("present above");
+            if let Some(status) = status {
+                let what = format!("exited ({})", launch::describe(status));
+                match launch.waiter.take() {
+                    Some(waiter) => {
+                        self.fail_launch(pid, waiter, &name, format!("{what} before registering"))
+                    }
+                    None => {
+                        if !self.release_launched(&name, pid, &what) {
+                            self.log(&name, format!("pid {pid} {what}"));
+                        }
+                    }
+                }
+                self.children.remove(&pid);
+            } else if late {
+                launch.child.kill();
+                let waiter = launch.waiter.take().expect("late implies a waiter");
+                let what = format!("did not register within {LAUNCH_TIMEOUT:?} (killed)");
+                self.fail_launch(pid, waiter, &name, what);
+            }
         }
     }
 
@@ -317,6 +545,7 @@ impl Daemon {
                 owner_uid: caller.cred.uid,
                 since_unix_ms: unix_ms(),
                 holder: None,
+                launched: None,
             },
         );
         self.log(
@@ -413,11 +642,23 @@ impl Daemon {
             .get_mut(name)
             .ok_or_else(|| not_found(name))?;
         let Some(holder) = dp.holder.as_mut() else {
+            let launched = dp.launched;
+            if let Some(pid) = launched {
+                // Started but not registered yet: end the program too.
+                if let Err(err) = sys::kill(pid, libc::SIGKILL) {
+                    log::debug!("SIGKILL to pid {pid} failed: {err}");
+                }
+                let waiter = self.children.get_mut(&pid).and_then(|l| l.waiter.take());
+                if let Some(waiter) = waiter {
+                    let what = format!("was stopped by uid {} before registering", caller.cred.uid);
+                    self.fail_launch(pid, waiter, name, what);
+                }
+            }
             self.release(name, &format!("stopped by uid {}", caller.cred.uid));
             return Ok(StopReply {
                 name: name.to_owned(),
                 released: true,
-                pid: None,
+                pid: launched,
             });
         };
         let pid = holder.pid;
@@ -520,6 +761,7 @@ impl Daemon {
         &mut self,
         caller: &Caller,
         name: &str,
+        now: Instant,
     ) -> Result<(Registration, Vec<OwnedFd>), ApiError> {
         self.may_manage(caller, name, "register as")?;
         let allocation = self
@@ -567,6 +809,7 @@ impl Daemon {
             pid: caller.cred.pid,
             stopping: None,
         });
+        let launched = dp.launched;
         self.log(
             name,
             format!(
@@ -574,6 +817,23 @@ impl Daemon {
                 caller.cred.pid, caller.cred.uid
             ),
         );
+        let waiter = launched
+            .and_then(|pid| self.children.get_mut(&pid))
+            .and_then(|l| l.waiter.take());
+        if let (Some(waiter), Some(pid)) = (waiter, launched) {
+            let registered_ms = now.saturating_duration_since(waiter.started).as_millis() as u64;
+            self.log(
+                name,
+                format!("launch complete: registered {registered_ms} ms after start"),
+            );
+            let reply = LaunchReply {
+                dataplane: self.info(&allocation),
+                pid,
+                registered_ms,
+            };
+            self.finished
+                .push((waiter.conn, Ok(Reply::Launched(reply)).into()));
+        }
         Ok((
             Registration {
                 allocation,
@@ -602,9 +862,11 @@ impl Daemon {
         }
     }
 
-    /// Escalates stops that take too long: SIGKILL after [`STOP_GRACE`],
-    /// release after [`STOP_GIVE_UP`].
+    /// Collects launched programs' output and exits, fails launches that
+    /// did not register in time, and escalates stops that take too long:
+    /// SIGKILL after [`STOP_GRACE`], release after [`STOP_GIVE_UP`].
     pub fn tick(&mut self, now: Instant) {
+        self.service_children(now);
         let mut kill = Vec::new();
         let mut give_up = Vec::new();
         for (name, dp) in &mut self.dataplanes {
@@ -639,9 +901,11 @@ impl Daemon {
         }
     }
 
-    /// When [`Daemon::tick`] next has something to do.
+    /// When [`Daemon::tick`] next has something to do. Output of launched
+    /// programs is not a deadline: poll [`Daemon::child_fds`] for it.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.dataplanes
+        let stops = self
+            .dataplanes
             .values()
             .filter_map(|dp| dp.holder.as_ref()?.stopping.as_ref())
             .map(|s| {
@@ -650,8 +914,17 @@ impl Daemon {
                 } else {
                     s.since + STOP_GRACE
                 }
-            })
-            .min()
+            });
+        let launches = self
+            .children
+            .values()
+            .filter_map(|l| l.waiter.as_ref().map(|w| w.deadline));
+        let exiting = self
+            .children
+            .values()
+            .any(|l| l.child.output_closed())
+            .then(|| Instant::now() + REAP_INTERVAL);
+        stops.chain(launches).chain(exiting).min()
     }
 }
 
@@ -696,12 +969,18 @@ mod tests {
         })
     }
 
-    fn ok(answer: Answer) -> Reply {
-        answer.outcome.unwrap_or_else(|e| panic!("{e}"))
+    fn ok(answer: Option<Answer>) -> Reply {
+        answer
+            .expect("answered at once")
+            .outcome
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn err(answer: Answer) -> ApiError {
-        answer.outcome.expect_err("request should fail")
+    fn err(answer: Option<Answer>) -> ApiError {
+        answer
+            .expect("answered at once")
+            .outcome
+            .expect_err("request should fail")
     }
 
     #[test]
@@ -749,13 +1028,15 @@ mod tests {
         let mut d = daemon("64 MiB");
         let now = Instant::now();
         ok(d.handle(&caller(1, 0), alloc("echo", 2), now));
-        let answer = d.handle(
-            &caller(2, 0),
-            Request::Register {
-                name: "echo".into(),
-            },
-            now,
-        );
+        let answer = d
+            .handle(
+                &caller(2, 0),
+                Request::Register {
+                    name: "echo".into(),
+                },
+                now,
+            )
+            .expect("answered at once");
         assert_eq!(answer.fds.len(), 2);
         let Reply::Registered(reg) = answer.outcome.unwrap() else {
             panic!()
@@ -890,7 +1171,7 @@ mod tests {
     }
 
     #[test]
-    fn stop_of_unknown_and_launch_are_answered() {
+    fn stop_of_unknown_is_answered() {
         let mut d = daemon("64 MiB");
         let now = Instant::now();
         assert_eq!(
@@ -909,20 +1190,174 @@ mod tests {
             .code,
             ErrorCode::NotFound
         );
-        let launch = Request::Launch(crate::proto::LaunchArgs {
-            name: "x".into(),
+    }
+
+    fn launch(name: &str, program: &str, args: &[&str]) -> Request {
+        Request::Launch(LaunchArgs {
+            name: name.into(),
             cores: 1,
             port: "wire0".into(),
-            buffers_per_core: None,
+            buffers_per_core: Some(512),
             memory: None,
             isolation: None,
             policy: None,
-            program: "/bin/true".into(),
-            args: vec![],
-        });
-        let e = err(d.handle(&caller(1, 0), launch, now));
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            cwd: None,
+        })
+    }
+
+    /// Ticks until a deferred answer is ready (real time: children run).
+    fn finished(d: &mut Daemon) -> (ConnId, Answer) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            d.tick(Instant::now());
+            if let Some(done) = d.take_finished().pop() {
+                return done;
+            }
+            assert!(Instant::now() < deadline, "no answer");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn launch_refuses_kvm_relative_programs_and_what_does_not_fit() {
+        let mut d = daemon("64 MiB");
+        let now = Instant::now();
+        let Request::Launch(mut kvm) = launch("x", "/bin/true", &[]) else {
+            unreachable!()
+        };
+        kvm.isolation = Some(Isolation::Kvm);
+        let e = err(d.handle(&caller(1, 0), Request::Launch(kvm), now));
         assert_eq!(e.code, ErrorCode::NotSupported);
-        assert!(d.resources.free_cores().len() == 2);
+        assert!(e.message.contains("kvm isolation is not built yet"), "{e}");
+        let e = err(d.handle(&caller(1, 0), launch("x", "true", &[]), now));
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        let e = err(d.handle(&caller(1, 0), launch("x", "/no/such/program", &[]), now));
+        assert_eq!(e.code, ErrorCode::LaunchFailed);
+        assert!(e.message.contains("/no/such/program"), "{e}");
+        let Request::Launch(mut big) = launch("x", "/bin/true", &[]) else {
+            unreachable!()
+        };
+        big.cores = 3;
+        let e = err(d.handle(&caller(1, 0), Request::Launch(big), now));
+        assert_eq!(e.code, ErrorCode::InsufficientResources);
+        assert_eq!(d.resources.free_cores().len(), 2);
+        assert!(d.children.is_empty());
+    }
+
+    #[test]
+    fn a_program_that_exits_before_registering_fails_its_launch_with_its_output() {
+        let mut d = daemon("64 MiB");
+        let script = "echo starting $IX_DATAPLANE; echo no port >&2; exit 3";
+        assert!(d
+            .handle(
+                &caller(7, 0),
+                launch("echo", "/bin/sh", &["-c", script]),
+                Instant::now()
+            )
+            .is_none());
+        assert_eq!(d.resources.free_cores().len(), 1);
+        let (conn, answer) = finished(&mut d);
+        assert_eq!(conn, ConnId(7));
+        let e = answer.outcome.unwrap_err();
+        assert_eq!(e.code, ErrorCode::LaunchFailed);
+        assert!(
+            e.message
+                .contains("exited (exit code 3) before registering")
+                && e.message.contains("last output: starting echo | no port"),
+            "{e}"
+        );
+        assert_eq!(d.resources.free_cores().len(), 2);
+        assert!(d.children.is_empty() && d.dataplanes.is_empty());
+        let Reply::Logs(logs) = ok(d.handle(
+            &caller(1, 0),
+            Request::Logs {
+                name: "echo".into(),
+                lines: None,
+            },
+            Instant::now(),
+        )) else {
+            panic!()
+        };
+        let texts: Vec<&str> = logs.lines.iter().map(|l| l.text.as_str()).collect();
+        assert!(texts.contains(&"stdout: starting echo"), "{texts:?}");
+        assert!(texts.contains(&"stderr: no port"), "{texts:?}");
+    }
+
+    #[test]
+    fn a_program_that_does_not_register_in_time_is_killed_and_released() {
+        let mut d = daemon("64 MiB");
+        let t0 = Instant::now();
+        assert!(d
+            .handle(&caller(7, 0), launch("echo", "/bin/sleep", &["30"]), t0)
+            .is_none());
+        assert_eq!(d.next_deadline(), Some(t0 + LAUNCH_TIMEOUT));
+        d.tick(t0 + LAUNCH_TIMEOUT);
+        let (_, answer) = d.take_finished().pop().expect("failed at the deadline");
+        let e = answer.outcome.unwrap_err();
+        assert!(
+            e.message.contains("did not register within 5s (killed)"),
+            "{e}"
+        );
+        assert_eq!(d.resources.free_cores().len(), 2);
+        // The killed child is reaped on a later tick.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !d.children.is_empty() {
+            assert!(Instant::now() < deadline, "child not reaped");
+            std::thread::sleep(Duration::from_millis(5));
+            d.tick(Instant::now());
+        }
+    }
+
+    #[test]
+    fn registering_completes_the_launch_and_a_launched_exit_releases() {
+        let mut d = daemon("64 MiB");
+        let t0 = Instant::now();
+        assert!(d
+            .handle(&caller(7, 0), launch("echo", "/bin/sleep", &["30"]), t0)
+            .is_none());
+        let pid = *d.children.keys().next().unwrap();
+        // The program would register itself; here the test registers on
+        // its behalf, 30 ms later.
+        let reg = Caller {
+            conn: ConnId(8),
+            cred: PeerCred {
+                pid,
+                uid: 0,
+                gid: 0,
+            },
+        };
+        let registered = d
+            .handle(
+                &reg,
+                Request::Register {
+                    name: "echo".into(),
+                },
+                t0 + Duration::from_millis(30),
+            )
+            .expect("answered at once");
+        assert_eq!(registered.fds.len(), 1);
+        let (conn, answer) = d.take_finished().pop().expect("launch answered");
+        assert_eq!(conn, ConnId(7));
+        let Ok(Reply::Launched(l)) = answer.outcome else {
+            panic!("{:?}", answer.outcome)
+        };
+        assert_eq!((l.pid, l.registered_ms), (pid, 30));
+        assert_eq!(l.dataplane.state, DataplaneState::Running);
+        assert_eq!(l.dataplane.pid, Some(pid));
+        // The program dies; its exit releases the dataplane even before
+        // the lifeline (held here by nobody) would.
+        d.children.get_mut(&pid).unwrap().child.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !d.children.is_empty() {
+            assert!(Instant::now() < deadline, "child not reaped");
+            std::thread::sleep(Duration::from_millis(5));
+            d.tick(Instant::now());
+        }
+        assert_eq!(d.resources.free_cores().len(), 2);
+        d.disconnected(ConnId(8));
+        assert_eq!(d.resources.free_cores().len(), 2);
     }
 
     #[test]
@@ -1021,13 +1456,15 @@ mod tests {
             "{}",
             e.message
         );
-        let answer = d.handle(
-            &caller(2, 0),
-            Request::Register {
-                name: "huge".into(),
-            },
-            now,
-        );
+        let answer = d
+            .handle(
+                &caller(2, 0),
+                Request::Register {
+                    name: "huge".into(),
+                },
+                now,
+            )
+            .expect("answered at once");
         let Ok(Reply::Registered(reg)) = &answer.outcome else {
             panic!("{:?}", answer.outcome)
         };

@@ -13,7 +13,10 @@
 //!   not at all, and a refusal says what is short.
 //! - [`proto`]: the API's messages and their encoding.
 //! - [`daemon`]: requests in, replies out: allocations, their buffer-pool
-//!   memfds, registration of dataplane processes, per-dataplane logs.
+//!   memfds, registration of dataplane processes, launching programs as
+//!   dataplanes, per-dataplane logs.
+//! - [`launch`]: a program ixcpd started: its environment, identity,
+//!   captured output and exit.
 //! - [`server`]: the Unix socket, peer-credential checks and the
 //!   single-threaded `poll` loop; [`client`]: the blocking client.
 //! - [`sys`]: the only `unsafe` code: seqpacket sockets with `SCM_RIGHTS`,
@@ -82,8 +85,8 @@
 //!
 //! # Not yet here
 //!
-//! `launch` (starting the program, KVM or process isolation) answers
-//! `not_supported`; resizing a *registered* dataplane (flow-group
+//! `launch` runs programs with process isolation only (`kvm` answers
+//! `not_supported`); resizing a *registered* dataplane (flow-group
 //! migration in the running dataplane) is refused; per-core statistics
 //! published by dataplanes and the `load` policy loop come with the
 //! dataplane runtime. `stats` reports the control plane's view.
@@ -95,6 +98,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod host;
+pub mod launch;
 pub mod proto;
 pub mod resources;
 pub mod server;

@@ -32,7 +32,8 @@
 //!
 //! Requests ([`Request`]): `status`, `resources`, `allocate` {name, cores,
 //! port, buffers_per_core?, memory? (bytes)}, `launch` {the same, plus
-//! isolation?, policy?, program, args}, `stop` {name}, `stats` {name},
+//! isolation?, policy?, program, args, cwd?}, answered once the program
+//! registered (or failed to), `stop` {name}, `stats` {name},
 //! `cores` {name, n}, `logs` {name, lines?}, and `register` {name}: a
 //! dataplane claiming its allocation at start-up. The `registered` reply
 //! carries one buffer-pool memfd per core as `SCM_RIGHTS`, in the order of
@@ -108,7 +109,8 @@ pub struct LaunchArgs {
     /// Total packet memory in bytes; not with `buffers_per_core`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<u64>,
-    /// Isolation mode (default: kvm where `/dev/kvm` works, else process).
+    /// Isolation mode (default: process; `kvm` is refused until the KVM
+    /// runtime exists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
     /// Core policy (default: the daemon's).
@@ -119,6 +121,10 @@ pub struct LaunchArgs {
     /// Its arguments.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Directory the program starts in (default `/`); `ixctl` sends its
+    /// own, so relative paths in `args` mean what the operator meant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
 /// A request, tagged by `op` on the wire.
@@ -241,6 +247,9 @@ pub enum ErrorCode {
     InvalidArgument,
     /// The request needs something this daemon cannot do yet.
     NotSupported,
+    /// A launched program could not start, exited before registering, or
+    /// did not register in time.
+    LaunchFailed,
     /// Too many clients.
     Busy,
     /// ixcpd failed (an OS error).
@@ -378,6 +387,17 @@ pub struct LogsReply {
     pub dropped: u64,
 }
 
+/// Reply to `launch`: the program started and registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchReply {
+    /// The dataplane, running.
+    pub dataplane: DataplaneInfo,
+    /// The process ixcpd started.
+    pub pid: u32,
+    /// Milliseconds from starting the program to its `register`.
+    pub registered_ms: u64,
+}
+
 /// One buffer pool in a `registered` reply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolFd {
@@ -424,6 +444,8 @@ pub enum Reply {
     Logs(LogsReply),
     /// To `register`; fds attached.
     Registered(Registration),
+    /// To `launch`, once the program registered.
+    Launched(LaunchReply),
 }
 
 /// A response's result or error.
@@ -734,6 +756,7 @@ mod tests {
                 policy: Some(Policy::Load),
                 program: "/usr/bin/echo-server".into(),
                 args: vec!["--port".into(), "7".into()],
+                cwd: Some("/srv".into()),
             }),
             Request::Stop {
                 name: "echo".into(),

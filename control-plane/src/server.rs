@@ -24,7 +24,11 @@
 //! One thread polls the stop fd, the listener and every connection. A
 //! connection is read only while it has no response waiting to be sent,
 //! so a client that does not read its responses holds one response in
-//! memory and no more, and never stalls others. Each readable connection
+//! memory and no more, and never stalls others. A connection whose
+//! request is answered later (a `launch` waiting for its program to
+//! register) is not read either until that answer is queued. The output
+//! pipes of launched programs are polled too, and the daemon's deadlines
+//! (stops, launches, exits) bound the wait. Each readable connection
 //! gets at most [`READ_BATCH`] requests per turn. A malformed frame is
 //! answered with an error and counted; the connection goes on. A closed
 //! connection that was a dataplane's lifeline releases that dataplane.
@@ -98,6 +102,9 @@ struct Conn {
     sock: SeqPacket,
     cred: PeerCred,
     outbox: VecDeque<Outgoing>,
+    /// The id of a request whose answer the daemon deferred (`launch`);
+    /// nothing more is read from the connection until it is sent.
+    waiting: Option<u64>,
 }
 
 /// What happened to a connection during a turn.
@@ -244,13 +251,19 @@ impl Server {
             pollfds.push(entry(stop, libc::POLLIN));
             pollfds.push(entry(self.listener.as_fd(), libc::POLLIN));
             for (id, conn) in &self.conns {
-                let events = if conn.outbox.is_empty() {
-                    libc::POLLIN
-                } else {
+                let events = if !conn.outbox.is_empty() {
                     libc::POLLOUT
+                } else if conn.waiting.is_some() {
+                    0
+                } else {
+                    libc::POLLIN
                 };
                 pollfds.push(entry(conn.sock.as_fd(), events));
                 ids.push(*id);
+            }
+            let conns_end = pollfds.len();
+            for fd in self.daemon.child_fds() {
+                pollfds.push(entry(fd, libc::POLLIN));
             }
             let timeout = self.daemon.next_deadline().map_or(-1, |deadline| {
                 let wait = deadline.saturating_duration_since(Instant::now());
@@ -263,7 +276,7 @@ impl Server {
                 return Ok(());
             }
             self.daemon.tick(Instant::now());
-            for (pfd, id) in pollfds[2..].iter().zip(&ids) {
+            for (pfd, id) in pollfds[2..conns_end].iter().zip(&ids) {
                 if pfd.revents == 0 {
                     continue;
                 }
@@ -271,6 +284,7 @@ impl Server {
                     self.close(*id);
                 }
             }
+            self.send_finished();
             if pollfds[1].revents != 0 {
                 self.accept_all();
             }
@@ -367,9 +381,40 @@ impl Server {
                     sock,
                     cred,
                     outbox: VecDeque::new(),
+                    waiting: None,
                 },
             );
             self.daemon.counters.clients = self.conns.len() as u32;
+        }
+    }
+
+    /// Queues the answers the daemon finished (launches) on the
+    /// connections that wait for them.
+    fn send_finished(&mut self) {
+        for (id, answer) in self.daemon.take_finished() {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                log::debug!("client {} left before its answer was ready", id.0);
+                continue;
+            };
+            let Some(request_id) = conn.waiting.take() else {
+                log::warn!("client {}: an answer nobody waits for; dropped", id.0);
+                continue;
+            };
+            let outcome = match answer.outcome {
+                Ok(reply) => Outcome::Ok(reply),
+                Err(err) => Outcome::Error(err),
+            };
+            conn.outbox.push_back(Outgoing {
+                bytes: proto::encode_response(&ResponseFrame {
+                    v: VERSION,
+                    id: Some(request_id),
+                    outcome,
+                }),
+                fds: answer.fds,
+            });
+            if self.flush(id) == Status::Closed {
+                self.close(id);
+            }
         }
     }
 
@@ -384,6 +429,10 @@ impl Server {
     /// Handles readiness on one connection.
     fn serve_conn(&mut self, id: ConnId, revents: libc::c_short) -> Status {
         let hangup = revents & (libc::POLLHUP | libc::POLLERR) != 0;
+        if hangup && self.conns.get(&id).is_some_and(|c| c.waiting.is_some()) {
+            // Gone while its launch goes on; the launch itself continues.
+            return Status::Closed;
+        }
         let pending = self.conns.get(&id).is_some_and(|c| !c.outbox.is_empty());
         if pending && (revents & libc::POLLOUT != 0 || hangup) {
             if self.flush(id) == Status::Closed {
@@ -430,7 +479,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return Status::Closed;
             };
-            if !conn.outbox.is_empty() {
+            if !conn.outbox.is_empty() || conn.waiting.is_some() {
                 return Status::Open;
             }
             let mut fds = Vec::new();
@@ -450,11 +499,17 @@ impl Server {
                 conn: id,
                 cred: conn.cred,
             };
-            let response = self.answer(&caller, got, fds);
+            let (request_id, response) = self.answer(&caller, got, fds);
             let Some(conn) = self.conns.get_mut(&id) else {
                 return Status::Closed;
             };
-            conn.outbox.push_back(response);
+            match response {
+                Some(response) => conn.outbox.push_back(response),
+                None => {
+                    conn.waiting = request_id;
+                    return Status::Open;
+                }
+            }
             if self.flush(id) == Status::Closed {
                 return Status::Closed;
             }
@@ -462,8 +517,14 @@ impl Server {
         Status::Open
     }
 
-    /// The response to one received frame.
-    fn answer(&mut self, caller: &Caller, got: sys::Received, fds: Vec<OwnedFd>) -> Outgoing {
+    /// The request's id and the response to one received frame; no
+    /// response when the daemon answers later.
+    fn answer(
+        &mut self,
+        caller: &Caller,
+        got: sys::Received,
+        fds: Vec<OwnedFd>,
+    ) -> (Option<u64>, Option<Outgoing>) {
         let decoded = if got.truncated || got.len > MAX_FRAME {
             Err(proto::DecodeError {
                 id: None,
@@ -497,7 +558,9 @@ impl Server {
             Ok(frame) => {
                 self.daemon.counters.requests += 1;
                 log::debug!("pid {}: {}", caller.cred.pid, frame.request.op());
-                let answer = self.daemon.handle(caller, frame.request, Instant::now());
+                let Some(answer) = self.daemon.handle(caller, frame.request, Instant::now()) else {
+                    return (Some(frame.id), None);
+                };
                 let outcome = match answer.outcome {
                     Ok(reply) => Outcome::Ok(reply),
                     Err(err) => Outcome::Error(err),
@@ -511,10 +574,13 @@ impl Server {
             id,
             outcome,
         });
-        Outgoing {
-            bytes,
-            fds: reply_fds,
-        }
+        (
+            id,
+            Some(Outgoing {
+                bytes,
+                fds: reply_fds,
+            }),
+        )
     }
 }
 

@@ -522,6 +522,44 @@ pub fn group_id(name: &str) -> io::Result<Option<u32>> {
     }
 }
 
+/// Puts any descriptor (a child's output pipe) in non-blocking mode.
+pub fn set_fd_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl F_GETFL/F_SETFL take no pointers; `fd` is open for the
+    // duration of the borrow.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        cvt(libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_NONBLOCK,
+        ))?;
+    }
+    Ok(())
+}
+
+/// Makes `cmd`'s child start with no signal blocked: ixcpd blocks its stop
+/// signals (they arrive through a signalfd), and a blocked mask survives
+/// `fork` and `exec`, so a launched program would otherwise ignore the
+/// SIGTERM of `ixctl stop`.
+pub fn unblock_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls sigemptyset and sigprocmask, both async-signal-safe, on a set
+    // on its own stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+            cvt(libc::sigemptyset(set.as_mut_ptr()))?;
+            cvt(libc::sigprocmask(
+                libc::SIG_SETMASK,
+                set.as_ptr(),
+                std::ptr::null_mut(),
+            ))?;
+            Ok(())
+        });
+    }
+}
+
 /// Sends `signal` to process `pid`.
 pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid)

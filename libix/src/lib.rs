@@ -83,7 +83,7 @@ pub use dataplane::time::Instant;
 pub use dataplane::txbuf::TxBuf;
 
 mod runtime;
-pub use runtime::{Config, CoreReport, Dataplane, IxError, NicConfig, RunReport};
+pub use runtime::{Config, CoreReport, Dataplane, IxError, NicConfig, Registered, RunReport};
 
 /// A connection handle. Stable for the connection's life; a handle of a
 /// closed connection is refused by every call (handles are generational).

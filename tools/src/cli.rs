@@ -5,9 +5,13 @@
 //! (including a benchmarked system that could not run), 2 usage error.
 
 use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use control_plane::client::default_socket_path;
+use control_plane::config::{is_valid_name, NAME_RULE};
+use control_plane::proto::{Isolation, LaunchArgs};
 
 use crate::bench::EchoParams;
 
@@ -25,15 +29,26 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 /// Largest message accepted, bytes.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
+/// Most cores a dataplane may ask for.
+pub const MAX_CORES: u32 = 128;
+
 const AFTER_HELP: &str = "\
 Examples:
+  ixctl up
+      start ixcpd with the built-in config (memif wire wire0 <-> wire0-peer)
+  ixctl launch --name echo --cores 1 --port wire0 -- ix-echo server
+      run the echo server as a dataplane on one core of port wire0
+  ixctl status
+      every dataplane, its state, pid and cpus (--json for a script)
   ixctl bench echo
       ix and linux side by side: 16 connections, 64-byte messages, 5 s
   ixctl bench echo --system linux --connections 1 --duration 10 --json
       the Linux baseline alone, one connection, as JSON
 
-Exit status: 0 success, 1 runtime failure (including a system that could not
-run; the report still shows the others), 2 usage error.
+Socket: --socket, else $IX_SOCKET, else /run/ix/ixcpd.sock.
+Exit status: 0 success, 1 runtime failure (ixcpd refused or is not running,
+or a benchmarked system could not run; the report still shows the others),
+2 usage error.
 Log level: RUST_LOG=debug|info|warn (default warn).";
 
 /// The top-level command line.
@@ -45,15 +60,103 @@ Log level: RUST_LOG=debug|info|warn (default warn).";
     after_help = AFTER_HELP
 )]
 struct Args {
+    /// ixcpd's API socket [default: $IX_SOCKET, else /run/ix/ixcpd.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: TopCommand,
 }
 
 #[derive(Debug, Subcommand)]
 enum TopCommand {
+    /// Start ixcpd in the background (built-in config unless --config)
+    /// when none answers on the socket.
+    Up {
+        /// ixcpd config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// The daemon and every dataplane.
+    Status(JsonFlag),
+    /// Every core, the packet memory and every port, and who holds them.
+    Resources(JsonFlag),
+    /// Start a program linked with libix as a dataplane and wait until it
+    /// registered.
+    #[command(
+        after_help = "Example:\n  ixctl launch --name echo --cores 1 --port wire0 -- ix-echo server"
+    )]
+    Launch(LaunchCli),
+    /// Stop a dataplane (SIGTERM, then SIGKILL) and free its resources.
+    Stop(NameArg),
+    /// A dataplane's state, holdings and flow groups.
+    Stats(NameArg),
+    /// What ixcpd recorded about a dataplane, its output included.
+    Logs {
+        #[command(flatten)]
+        name: NameArg,
+        /// Only the latest N lines.
+        #[arg(long, value_name = "N")]
+        lines: Option<u32>,
+    },
+    /// Change a dataplane's core count.
+    Cores {
+        #[command(flatten)]
+        name: NameArg,
+        /// The new core count.
+        #[arg(value_name = "N")]
+        n: u32,
+    },
     /// Benchmark our dataplane against the Linux kernel on the same workload.
     #[command(subcommand, after_help = AFTER_HELP)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct NameArg {
+    /// The dataplane.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct LaunchCli {
+    /// The dataplane's name.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Cores (elastic threads) it gets.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cores: u32,
+    /// The port it gets.
+    #[arg(long, value_name = "PORT")]
+    port: String,
+    /// Buffers per core [default: ixcpd's, 4096].
+    #[arg(long, value_name = "N")]
+    buffers: Option<u32>,
+    /// Isolation of the dataplane from the application.
+    #[arg(long, value_enum, default_value_t = IsolationArg::Process)]
+    isolation: IsolationArg,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The program and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "APP ARGS")]
+    program: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum IsolationArg {
+    Kvm,
+    Process,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +219,46 @@ impl System {
 pub enum Command {
     /// `ixctl bench echo`.
     BenchEcho(BenchEcho),
+    /// A request to ixcpd (or `up`).
+    Ctl(Ctl),
+}
+
+/// A command that talks to ixcpd.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ctl {
+    /// The API socket.
+    pub socket: PathBuf,
+    /// JSON output instead of text.
+    pub json: bool,
+    /// What to do.
+    pub op: CtlOp,
+}
+
+/// What a [`Ctl`] command does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CtlOp {
+    /// Start ixcpd unless one answers; `--socket` passed on when given.
+    Up {
+        /// Config file.
+        config: Option<PathBuf>,
+        /// Whether the socket was chosen (flag or environment) rather
+        /// than the default.
+        socket_given: bool,
+    },
+    /// `status`.
+    Status,
+    /// `resources`.
+    Resources,
+    /// `launch`, with the program resolved to an absolute path.
+    Launch(LaunchArgs),
+    /// `stop NAME`.
+    Stop(String),
+    /// `stats NAME`.
+    Stats(String),
+    /// `logs NAME [--lines N]`.
+    Logs(String, Option<u32>),
+    /// `cores NAME N`.
+    Cores(String, u32),
 }
 
 /// What `ixctl bench echo` runs and how it reports.
@@ -148,6 +291,20 @@ pub enum UsageError {
         /// Largest accepted.
         max: f64,
     },
+    /// A dataplane name breaks the naming rule.
+    #[error("dataplane name {0:?} is not valid: {NAME_RULE}")]
+    BadName(String),
+    /// The program to launch was not found.
+    #[error("{program}: not found{}", if *.in_path { " in PATH" } else { "" })]
+    NoProgram {
+        /// What was given.
+        program: String,
+        /// Whether PATH was searched.
+        in_path: bool,
+    },
+    /// The working directory cannot be read.
+    #[error("cannot read the current directory: {0}")]
+    Cwd(String),
     /// A count is outside the accepted range.
     #[error("--{flag} must be between {min} and {max}, got {value}")]
     Count {
@@ -192,8 +349,14 @@ impl UsageError {
 /// pointer to `--help`: usage errors are printed on one line.
 fn first_line(err: &clap::Error) -> String {
     let text = err.render().to_string();
-    let line = text.lines().next().unwrap_or_default();
-    let line = line.strip_prefix("error: ").unwrap_or(line);
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let mut line = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    // Indented lines continue the message (the missing arguments).
+    for more in lines.take_while(|l| l.starts_with(' ')) {
+        line.push(' ');
+        line.push_str(more.trim());
+    }
     format!("{line} (try 'ixctl --help')")
 }
 
@@ -205,9 +368,93 @@ where
     T: Into<OsString> + Clone,
 {
     let args = Args::try_parse_from(args)?;
+    let socket_given = args.socket.is_some()
+        || std::env::var_os(control_plane::config::SOCKET_ENV).is_some_and(|v| !v.is_empty());
+    let socket = args.socket.unwrap_or_else(default_socket_path);
+    let ctl = |json, op| Ok(Command::Ctl(Ctl { socket, json, op }));
     match args.command {
         TopCommand::Bench(BenchCommand::Echo(echo)) => Ok(Command::BenchEcho(validate_echo(echo)?)),
+        TopCommand::Up { config } => ctl(
+            false,
+            CtlOp::Up {
+                config,
+                socket_given,
+            },
+        ),
+        TopCommand::Status(j) => ctl(j.json, CtlOp::Status),
+        TopCommand::Resources(j) => ctl(j.json, CtlOp::Resources),
+        TopCommand::Launch(l) => {
+            let json = l.json;
+            ctl(json, CtlOp::Launch(validate_launch(l)?))
+        }
+        TopCommand::Stop(n) => ctl(n.json, CtlOp::Stop(valid_name(n.name)?)),
+        TopCommand::Stats(n) => ctl(n.json, CtlOp::Stats(valid_name(n.name)?)),
+        TopCommand::Logs { name, lines } => {
+            ctl(name.json, CtlOp::Logs(valid_name(name.name)?, lines))
+        }
+        TopCommand::Cores { name, n } => {
+            let n = count("cores", n as usize, 1, MAX_CORES as usize)? as u32;
+            ctl(name.json, CtlOp::Cores(valid_name(name.name)?, n))
+        }
     }
+}
+
+fn valid_name(name: String) -> Result<String, UsageError> {
+    if is_valid_name(&name) {
+        Ok(name)
+    } else {
+        Err(UsageError::BadName(name))
+    }
+}
+
+/// The one place `launch` options are checked: the name, the counts, and
+/// the program resolved as a shell would (a path with `/` against the
+/// current directory, else the first executable of that name in `PATH`).
+fn validate_launch(l: LaunchCli) -> Result<LaunchArgs, UsageError> {
+    let name = valid_name(l.name)?;
+    let cores = count("cores", l.cores as usize, 1, MAX_CORES as usize)? as u32;
+    let cwd = std::env::current_dir().map_err(|e| UsageError::Cwd(e.to_string()))?;
+    let mut words = l.program.into_iter();
+    let program = words.next().unwrap_or_default();
+    let resolved = resolve_program(&program, &cwd).ok_or_else(|| UsageError::NoProgram {
+        in_path: !program.contains('/'),
+        program: program.clone(),
+    })?;
+    Ok(LaunchArgs {
+        name,
+        cores,
+        port: l.port,
+        buffers_per_core: l.buffers,
+        memory: None,
+        isolation: Some(match l.isolation {
+            IsolationArg::Kvm => Isolation::Kvm,
+            IsolationArg::Process => Isolation::Process,
+        }),
+        policy: None,
+        program: resolved.to_string_lossy().into_owned(),
+        args: words.collect(),
+        cwd: Some(cwd.to_string_lossy().into_owned()),
+    })
+}
+
+fn resolve_program(program: &str, cwd: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        // Joined and with `.` components dropped: `./x` is `cwd/x`.
+        let path: PathBuf = cwd.join(program).components().collect();
+        return executable(&path).then_some(path);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| cwd.join(dir).join(program))
+        .find(|p| executable(p))
 }
 
 /// The one place `bench echo` options are checked and turned into values.
@@ -269,7 +516,92 @@ mod tests {
 
     fn echo(args: &[&str]) -> Result<BenchEcho, UsageError> {
         let argv = ["ixctl", "bench", "echo"].iter().chain(args);
-        parse(argv.copied()).map(|Command::BenchEcho(echo)| echo)
+        parse(argv.copied()).map(|c| match c {
+            Command::BenchEcho(echo) => echo,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    fn ctl(args: &[&str]) -> Result<Ctl, UsageError> {
+        parse(["ixctl"].iter().chain(args).copied()).map(|c| match c {
+            Command::Ctl(ctl) => ctl,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn launch_resolves_the_program_and_keeps_its_arguments() {
+        let c = ctl(&[
+            "--socket",
+            "/tmp/x.sock",
+            "launch",
+            "--name",
+            "echo",
+            "--port",
+            "wire0",
+            "--",
+            "sh",
+            "-c",
+            "--name",
+        ])
+        .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        let CtlOp::Launch(l) = c.op else { panic!() };
+        assert_eq!(
+            (l.name.as_str(), l.cores, l.port.as_str()),
+            ("echo", 1, "wire0")
+        );
+        assert!(
+            l.program.ends_with("/sh") && l.program.starts_with('/'),
+            "{}",
+            l.program
+        );
+        assert_eq!(l.args, ["-c", "--name"]);
+        assert_eq!(l.isolation, Some(Isolation::Process));
+        assert!(l.cwd.is_some());
+    }
+
+    #[test]
+    fn launch_errors_name_the_problem() {
+        let err = |args: &[&str]| ctl(args).unwrap_err().to_string();
+        assert_eq!(
+            err(&[
+                "launch",
+                "--name",
+                "e",
+                "--port",
+                "p",
+                "--",
+                "no-such-program-ix"
+            ]),
+            "no-such-program-ix: not found in PATH"
+        );
+        assert!(err(&["launch", "--name", "a b", "--port", "p", "--", "sh"])
+            .starts_with("dataplane name \"a b\" is not valid"));
+        assert_eq!(
+            err(&["launch", "--name", "e", "--cores", "0", "--port", "p", "--", "sh"]),
+            "--cores must be between 1 and 128, got 0"
+        );
+        assert!(err(&["launch", "--name", "e", "--port", "p"]).contains("APP ARGS"));
+        assert!(err(&["cores", "e", "0"]).contains("--cores must be between 1"));
+    }
+
+    #[test]
+    fn ctl_commands_parse_with_json() {
+        assert_eq!(ctl(&["status", "--json"]).unwrap().op, CtlOp::Status);
+        assert!(ctl(&["resources", "--json"]).unwrap().json);
+        assert_eq!(
+            ctl(&["logs", "echo", "--lines", "5"]).unwrap().op,
+            CtlOp::Logs("echo".into(), Some(5))
+        );
+        assert_eq!(
+            ctl(&["cores", "echo", "2"]).unwrap().op,
+            CtlOp::Cores("echo".into(), 2)
+        );
+        assert_eq!(
+            ctl(&["stop", "echo"]).unwrap().op,
+            CtlOp::Stop("echo".into())
+        );
     }
 
     fn message(args: &[&str]) -> String {

@@ -53,7 +53,7 @@ fn usage_error_exits_2_with_one_line_on_stderr() {
 fn missing_subcommand_exits_2_and_shows_help_on_stderr() {
     let out = ixctl(&[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("Usage: ixctl <COMMAND>"));
+    assert!(text(&out.stderr).contains("Usage: ixctl [OPTIONS] <COMMAND>"));
 }
 
 #[test]

@@ -9,6 +9,16 @@
 //! The server is the memif master (it creates the socket); the client is
 //! the slave. The client verifies every echoed byte and prints RPC/s and
 //! p50/p99 round-trip latency.
+//!
+//! Without `--memif`, either role runs as a dataplane of ixcpd: it
+//! registers under `--dataplane NAME` (default `$IX_DATAPLANE`) and runs
+//! on the cores, port, addresses and buffer pools ixcpd allocated:
+//!
+//! ```text
+//! ixctl launch --name echo --cores 1 --port wire0 -- ix-echo server
+//! ixctl launch --name load --cores 1 --port wire0-peer -- \
+//!     ix-echo client --server 10.77.0.1:7 --seconds 2
+//! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
@@ -19,7 +29,7 @@ use clap::{Parser, Subcommand};
 use ix_tools::echo::{
     EchoClient, EchoClientConfig, EchoClientResult, EchoServer, MessageSize, ResultSink,
 };
-use libix::{Config, Dataplane};
+use libix::{Config, Dataplane, Registered};
 
 /// Echo server and client on the IX dataplane over a memif wire.
 #[derive(Parser)]
@@ -31,32 +41,22 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Role {
-    /// Run the echo server (memif master).
+    /// Run the echo server (memif master, or the port ixcpd allocated).
     Server {
-        /// memif socket path (created).
-        #[arg(long)]
-        memif: PathBuf,
-        /// Our IPv4 address on the wire.
-        #[arg(long)]
-        ip: Ipv4Addr,
+        #[command(flatten)]
+        nic: Nic,
         /// TCP port to listen on.
         #[arg(long, default_value_t = 7)]
         port: u16,
-        /// CPU to pin the elastic thread to.
-        #[arg(long)]
-        cpu: Option<usize>,
         /// Stop after this many seconds (default: run until killed).
         #[arg(long)]
         seconds: Option<u64>,
     },
-    /// Run the echo client (memif slave) and print what it measured.
+    /// Run the echo client (memif slave, or the port ixcpd allocated) and
+    /// print what it measured.
     Client {
-        /// memif socket path of the server.
-        #[arg(long)]
-        memif: PathBuf,
-        /// Our IPv4 address on the wire.
-        #[arg(long)]
-        ip: Ipv4Addr,
+        #[command(flatten)]
+        nic: Nic,
         /// Server address.
         #[arg(long)]
         server: SocketAddrV4,
@@ -69,10 +69,70 @@ enum Role {
         /// Measured seconds (after one second of warm-up).
         #[arg(long, default_value_t = 5)]
         seconds: u64,
-        /// CPU to pin the elastic thread to.
-        #[arg(long)]
-        cpu: Option<usize>,
     },
+}
+
+/// Where the dataplane's resources come from: a memif socket of its own,
+/// or ixcpd.
+#[derive(clap::Args)]
+struct Nic {
+    /// memif socket path (the server creates it, the client connects);
+    /// without it, register with ixcpd instead.
+    #[arg(long, requires = "ip")]
+    memif: Option<PathBuf>,
+    /// Our IPv4 address on the wire (with --memif).
+    #[arg(long, requires = "memif")]
+    ip: Option<Ipv4Addr>,
+    /// CPU to pin the elastic thread to (with --memif).
+    #[arg(long, requires = "memif")]
+    cpu: Option<usize>,
+    /// Register with ixcpd under this name [default: $IX_DATAPLANE].
+    #[arg(long, value_name = "NAME", conflicts_with = "memif")]
+    dataplane: Option<String>,
+}
+
+/// Which end of the memif wire a standalone role takes.
+#[derive(Clone, Copy)]
+enum End {
+    Master,
+    Slave,
+}
+
+/// Starts the dataplane standalone or registered, letting `tune` adjust
+/// the stack's settings either way.
+fn start<A, F>(
+    nic: Nic,
+    end: End,
+    tune: impl FnOnce(&mut Config),
+    factory: F,
+) -> anyhow::Result<Dataplane>
+where
+    A: libix::App,
+    F: Fn(u16) -> A + Send + Sync + 'static,
+{
+    match (nic.memif, nic.ip) {
+        (Some(memif), Some(ip)) => {
+            let mut cfg = match end {
+                End::Master => Config::memif_master(&memif, ip),
+                End::Slave => Config::memif_slave(&memif, ip),
+            };
+            cfg.cores = vec![nic.cpu];
+            tune(&mut cfg);
+            Ok(Dataplane::start(cfg, factory)?)
+        }
+        _ => {
+            let mut reg = Registered::register(nic.dataplane.as_deref())?;
+            tune(&mut reg.config);
+            eprintln!(
+                "ix-echo: registered as {} on cpus {:?}, {}/{}",
+                reg.name(),
+                reg.config.cores.iter().flatten().collect::<Vec<_>>(),
+                reg.config.ip,
+                reg.config.prefix_len
+            );
+            Ok(Dataplane::start_registered(reg, factory)?)
+        }
+    }
 }
 
 fn main() {
@@ -85,16 +145,8 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.role {
-        Role::Server {
-            memif,
-            ip,
-            port,
-            cpu,
-            seconds,
-        } => {
-            let mut cfg = Config::memif_master(&memif, ip);
-            cfg.cores = vec![cpu];
-            let dp = Dataplane::start(cfg, move |_| EchoServer::new(port))?;
+        Role::Server { nic, port, seconds } => {
+            let dp = start(nic, End::Master, |_| {}, move |_| EchoServer::new(port))?;
             if let Some(s) = seconds {
                 let stop = dp.stop_flag();
                 std::thread::spawn(move || {
@@ -105,17 +157,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             dp.join()?;
         }
         Role::Client {
-            memif,
-            ip,
+            nic,
             server,
             conns,
             size,
             seconds,
-            cpu,
         } => {
-            let mut cfg = Config::memif_slave(&memif, ip);
-            cfg.cores = vec![cpu];
-            cfg.tcp.max_conns = cfg.tcp.max_conns.max(2 * conns);
+            let tune = |cfg: &mut Config| cfg.tcp.max_conns = cfg.tcp.max_conns.max(2 * conns);
             let client = EchoClientConfig {
                 server,
                 connections: conns,
@@ -127,7 +175,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             };
             let out = ResultSink::default();
             let out2 = out.clone();
-            let dp = Dataplane::start(cfg, move |_| EchoClient::new(client.clone(), out2.clone()))?;
+            let dp = start(nic, End::Slave, tune, move |_| {
+                EchoClient::new(client.clone(), out2.clone())
+            })?;
             dp.join()?;
             let r = EchoClientResult::collect(&out).context("the client stored no result")?;
             let secs = r.elapsed.as_secs_f64().max(1e-9);
