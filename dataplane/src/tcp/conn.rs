@@ -54,8 +54,16 @@ pub(crate) enum TimerKind {
     TimeWait,
     /// Give up waiting for the peer's FIN after our close.
     FinWait2,
-    /// Delayed ACK (the second timer slot).
-    DelayedAck,
+}
+
+/// The two timers of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerSlot {
+    /// Retransmission, persist, TIME-WAIT or FIN-WAIT-2 (see
+    /// [`Conn::rtx_kind`]).
+    Rtx,
+    /// Delayed ACK.
+    Ack,
 }
 
 /// Token stored in the timer wheel.
@@ -63,7 +71,23 @@ pub(crate) enum TimerKind {
 pub(crate) struct TimerToken {
     pub idx: u32,
     pub gen: u32,
-    pub kind: TimerKind,
+    pub slot: TimerSlot,
+}
+
+/// A connection timer kept lazily: the deadline lives here, and the wheel
+/// entry standing for it is only replaced when the deadline moves earlier.
+/// Moving the deadline later or stopping the timer leaves the entry in
+/// place; when it fires, the stack re-files it at the current deadline or
+/// drops it (see `TcpStack::on_timer`). Most segments restart the
+/// retransmission timer and stop the delayed-ACK timer: this way they touch
+/// no wheel list.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LazyTimer {
+    /// When the timer is due; `None` while it is stopped.
+    pub at: Option<Instant>,
+    /// The wheel entry and its deadline, never later than `at` while the
+    /// entry is pending.
+    pub entry: Option<(TimerId, Instant)>,
 }
 
 /// Boolean state of a connection.
@@ -181,8 +205,8 @@ pub(crate) struct Conn {
     // Timers: the retransmission slot (RTO, persist, TIME-WAIT,
     // FIN-WAIT-2) and the delayed-ACK slot.
     pub rtx_kind: TimerKind,
-    pub rtx_timer: Option<TimerId>,
-    pub ack_timer: Option<TimerId>,
+    pub rtx: LazyTimer,
+    pub ack: LazyTimer,
 }
 
 impl Conn {
@@ -234,8 +258,8 @@ impl Conn {
             ooo_bytes: 0,
             ooo_count: 0,
             rtx_kind: TimerKind::Rexmit,
-            rtx_timer: None,
-            ack_timer: None,
+            rtx: LazyTimer::default(),
+            ack: LazyTimer::default(),
         }
     }
 
@@ -258,6 +282,15 @@ impl Conn {
         c.rcv_wscale = cfg.window_scale.min(crate::wire::tcp::MAX_WINDOW_SCALE);
         c.rto_us = duration_us(cfg.rto_initial);
         c
+    }
+
+    /// The timer of `slot`.
+    #[inline]
+    pub(crate) fn timer_mut(&mut self, slot: TimerSlot) -> &mut LazyTimer {
+        match slot {
+            TimerSlot::Rtx => &mut self.rtx,
+            TimerSlot::Ack => &mut self.ack,
+        }
     }
 
     #[inline]

@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::conn::{duration_us, flag, Conn, State, TimerKind, TimerToken};
+use super::conn::{duration_us, flag, Conn, State, TimerKind, TimerSlot, TimerToken};
 use super::isn::{initial_seq, SipKey};
 use super::list::{NodeSlab, NIL};
 use super::table::ConnTable;
@@ -498,15 +498,15 @@ impl TcpStack {
     /// Frees a connection and everything it holds. No event.
     fn free(&mut self, idx: u32) {
         let c = self.conns.get(idx);
-        let (rtx, ack) = (c.rtx_timer, c.ack_timer);
+        let (rtx, ack) = (c.rtx.entry, c.ack.entry);
         let (tx_head, ooo, pend) = (c.tx_head, c.ooo_head, c.pend_head);
         let (half_open, backlog, port) = (
             c.has(flag::HALF_OPEN),
             c.has(flag::BACKLOG),
             c.tuple.local.port(),
         );
-        for t in [rtx, ack].into_iter().flatten() {
-            self.wheel.cancel(t);
+        for (id, _) in [rtx, ack].into_iter().flatten() {
+            self.wheel.cancel(id);
         }
         self.txq.release_list(tx_head);
         self.rxq.release_list(ooo);
@@ -573,54 +573,54 @@ impl TcpStack {
     // ----------------------------------------------------------------
     // Timers.
 
-    fn schedule(
-        &mut self,
-        idx: u32,
-        at: Instant,
-        kind: TimerKind,
-    ) -> Option<crate::timer::TimerId> {
-        let token = TimerToken {
-            idx,
-            gen: self.conns.get(idx).gen,
-            kind,
-        };
-        match self.wheel.schedule(at, token) {
-            Ok(id) => Some(id),
+    /// Sets the timer of `slot` to `at`. The wheel is touched only when
+    /// the timer has no entry or its entry is due later than `at` (see
+    /// `LazyTimer`).
+    fn arm(&mut self, idx: u32, slot: TimerSlot, at: Instant) {
+        let c = self.conns.get_mut(idx);
+        let gen = c.gen;
+        let t = c.timer_mut(slot);
+        t.at = Some(at);
+        if let Some((id, entry_at)) = t.entry {
+            if entry_at <= at {
+                return;
+            }
+            // Does nothing if the entry fired in the batch being handled:
+            // its token then finds a newer entry and is ignored.
+            self.wheel.cancel(id);
+        }
+        t.entry = match self.wheel.schedule(at, TimerToken { idx, gen, slot }) {
+            Ok(id) => Some((id, at)),
             Err(_) => {
+                t.at = None;
                 self.stats.timer_full += 1;
                 None
             }
-        }
+        };
     }
 
     /// (Re)starts the retransmission-slot timer as `kind`, `after` from now.
     fn set_rtx(&mut self, idx: u32, now: Instant, kind: TimerKind, after: std::time::Duration) {
-        self.stop_rtx(idx);
-        let id = self.schedule(idx, now + after, kind);
-        let c = self.conns.get_mut(idx);
-        c.rtx_kind = kind;
-        c.rtx_timer = id;
+        self.conns.get_mut(idx).rtx_kind = kind;
+        self.arm(idx, TimerSlot::Rtx, now + after);
     }
 
     fn stop_rtx(&mut self, idx: u32) {
-        if let Some(id) = self.conns.get_mut(idx).rtx_timer.take() {
-            self.wheel.cancel(id);
-        }
+        self.conns.get_mut(idx).rtx.at = None;
     }
 
     /// Starts the retransmission timer unless it runs.
     fn ensure_rexmit(&mut self, idx: u32, now: Instant) {
         let c = self.conns.get(idx);
-        if c.rtx_timer.is_none() || c.rtx_kind != TimerKind::Rexmit {
+        if c.rtx.at.is_none() || c.rtx_kind != TimerKind::Rexmit {
             let rto = c.rto();
             self.set_rtx(idx, now, TimerKind::Rexmit, rto);
         }
     }
 
     fn start_delack(&mut self, idx: u32, now: Instant) {
-        if self.conns.get(idx).ack_timer.is_none() {
-            let id = self.schedule(idx, now + self.cfg.delayed_ack, TimerKind::DelayedAck);
-            self.conns.get_mut(idx).ack_timer = id;
+        if self.conns.get(idx).ack.at.is_none() {
+            self.arm(idx, TimerSlot::Ack, now + self.cfg.delayed_ack);
         }
     }
 
@@ -637,28 +637,34 @@ impl TcpStack {
         }) else {
             return;
         };
-        let c = self.conns.get_mut(idx);
-        // A token fired in this batch may belong to a timer replaced while
-        // an earlier token of the batch was handled: only the current,
-        // no longer pending, timer of the right kind counts.
-        if t.kind == TimerKind::DelayedAck {
-            match c.ack_timer {
-                Some(id) if !self.wheel.is_pending(id) => c.ack_timer = None,
-                _ => return,
-            }
-            c.set(flag::ACK_NOW);
-            self.output(idx, now, tx);
-            return;
-        }
-        match c.rtx_timer {
-            Some(id) if !self.wheel.is_pending(id) && c.rtx_kind == t.kind => c.rtx_timer = None,
+        let timer = self.conns.get_mut(idx).timer_mut(t.slot);
+        // A token fired in this batch may belong to an entry replaced while
+        // an earlier token of the batch was handled: only the current, no
+        // longer pending, entry counts.
+        match timer.entry {
+            Some((id, _)) if !self.wheel.is_pending(id) => timer.entry = None,
             _ => return,
         }
-        match t.kind {
-            TimerKind::Rexmit => self.on_rexmit_timeout(idx, now, tx, events),
-            TimerKind::Persist => self.on_persist_timeout(idx, now, tx),
-            TimerKind::TimeWait | TimerKind::FinWait2 => self.free(idx),
-            TimerKind::DelayedAck => unreachable!("handled above"),
+        match timer.at {
+            None => return,
+            Some(at) if at > now => {
+                // The deadline moved on since the entry was filed.
+                self.arm(idx, t.slot, at);
+                return;
+            }
+            Some(_) => timer.at = None,
+        }
+        let c = self.conns.get_mut(idx);
+        match t.slot {
+            TimerSlot::Ack => {
+                c.set(flag::ACK_NOW);
+                self.output(idx, now, tx);
+            }
+            TimerSlot::Rtx => match c.rtx_kind {
+                TimerKind::Rexmit => self.on_rexmit_timeout(idx, now, tx, events),
+                TimerKind::Persist => self.on_persist_timeout(idx, now, tx),
+                TimerKind::TimeWait | TimerKind::FinWait2 => self.free(idx),
+            },
         }
     }
 
@@ -802,13 +808,8 @@ impl TcpStack {
             c.rcv_acked = c.rcv_nxt;
             c.clear(flag::ACK_NOW);
         }
-        let ack_timer = if ack.is_some() {
-            c.ack_timer.take()
-        } else {
-            None
-        };
-        if let Some(t) = ack_timer {
-            self.wheel.cancel(t);
+        if ack.is_some() {
+            c.ack.at = None;
         }
         let txq = &self.txq;
         let sent = tx.send_tcp(src, dst, repr.segment_len(), &mut |buf: &mut [u8]| {
@@ -1010,7 +1011,7 @@ impl TcpStack {
         if c.snd_wnd == 0
             && c.data_end() > c.snd_nxt
             && c.snd_nxt == c.snd_una
-            && c.rtx_timer.is_none()
+            && c.rtx.at.is_none()
         {
             let rto = c.rto();
             self.set_rtx(idx, now, TimerKind::Persist, rto);
@@ -1507,7 +1508,7 @@ impl TcpStack {
             c.snd_wl1 = repr.seq;
             c.snd_wl2 = ack;
             c.max_sndwnd = c.max_sndwnd.max(seg_wnd);
-            if seg_wnd > 0 && c.rtx_kind == TimerKind::Persist && c.rtx_timer.is_some() {
+            if seg_wnd > 0 && c.rtx_kind == TimerKind::Persist && c.rtx.at.is_some() {
                 c.retries = 0;
                 self.stop_rtx(idx);
             }

@@ -920,6 +920,80 @@ fn reply_data_carries_the_ack() {
 }
 
 #[test]
+fn delayed_ack_rearmed_after_a_reply_waits_its_full_delay() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    t.inject(PISS + 1, Some(our), ACK, 100, b"ping");
+    t.s.send(conn, &[TxBuf::from_static(b"pong")]).unwrap();
+    t.flush();
+    assert_eq!(t.one_out().ack(), PISS + 5, "the reply stops the timer");
+    // The stopped timer's wheel entry (due 500 µs after "ping") is still
+    // filed; the new delayed ACK must wait 500 µs after "more".
+    t.wait(Duration::from_micros(300));
+    t.inject(PISS + 5, Some(our + 4), ACK, 100, b"more");
+    t.wait(Duration::from_micros(250));
+    assert!(t.out().is_empty(), "not due before 500 µs after the data");
+    t.wait(Duration::from_micros(200));
+    assert!(t.out().is_empty());
+    t.wait(Duration::from_micros(100));
+    assert_eq!(t.one_out().ack(), PISS + 9);
+}
+
+#[test]
+fn restarted_rexmit_timer_fires_at_the_later_deadline() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    t.s.send(
+        conn,
+        &[TxBuf::from_static(b"first"), TxBuf::from_static(b"second")],
+    )
+    .unwrap();
+    t.flush();
+    assert_eq!(t.one_out().payload, b"firstsecond");
+    // A partial ACK at 150 ms restarts the RTO (200 ms) from then.
+    t.wait(Duration::from_millis(150));
+    t.inject(PISS + 1, Some(our + 5), ACK, 1024, &[]);
+    t.flush();
+    assert!(t.out().is_empty());
+    t.wait(Duration::from_millis(100));
+    assert!(t.out().is_empty(), "the first deadline (200 ms) has moved");
+    t.wait(Duration::from_millis(99));
+    assert!(t.out().is_empty());
+    t.wait(Duration::from_millis(2));
+    let o = t.one_out();
+    assert_eq!((o.seq(), o.payload.as_slice()), (our + 5, &b"second"[..]));
+    assert_eq!(t.s.stats().rto_timeouts, 1);
+}
+
+#[test]
+fn request_reply_exchange_reuses_its_wheel_entries() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    let mut entries = None;
+    for i in 0..50u32 {
+        t.inject(PISS + 1 + 4 * i, Some(our + 4 * i), ACK, 100, b"ping");
+        t.s.send(conn, &[TxBuf::from_static(b"pong")]).unwrap();
+        t.flush();
+        let o = t.one_out();
+        assert_eq!((o.seq(), o.ack()), (our + 4 * i, PISS + 5 + 4 * i));
+        t.wait(Duration::from_micros(20));
+        let c = t.conn();
+        assert!(c.rtx.at.is_some() && c.ack.at.is_none());
+        let now = (c.rtx.entry, c.ack.entry);
+        // Restarting the RTO and stopping the delayed ACK touch no wheel
+        // entry until one fires (the delayed-ACK entry after 500 µs, then
+        // re-filed by the next segment).
+        if i < 20 {
+            assert!(now.0.is_some() && now.1.is_some(), "round {i}: {now:?}");
+            assert!(entries.is_none() || entries == Some(now), "round {i}");
+        }
+        entries = Some(now);
+    }
+    assert!(t.out().is_empty(), "no stray delayed ACK");
+    assert_eq!(t.s.stats().rto_timeouts, 0);
+}
+
+#[test]
 fn established_rst_exact_resets_and_in_window_gets_challenge_ack() {
     let mut t = T::listening();
     let (conn, our) = t.established();
