@@ -80,13 +80,15 @@ pub(crate) struct TimerToken {
 /// place; when it fires, the stack re-files it at the current deadline or
 /// drops it (see `TcpStack::on_timer`). Most segments restart the
 /// retransmission timer and stop the delayed-ACK timer: this way they touch
-/// no wheel list.
+/// no wheel list. The delayed-ACK deadline is set when data arrives but
+/// filed only at the next flush (or poll), so that a reply sent in the same
+/// loop turn, which carries the ACK, never files it.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct LazyTimer {
     /// When the timer is due; `None` while it is stopped.
     pub at: Option<Instant>,
-    /// The wheel entry and its deadline, never later than `at` while the
-    /// entry is pending.
+    /// The wheel entry and its deadline; while it is pending, not later
+    /// than `at` (except for a delayed ACK not yet filed).
     pub entry: Option<(TimerId, Instant)>,
 }
 

@@ -424,6 +424,15 @@ impl TcpStack {
     /// Runs due timers: retransmissions (sent at once), delayed ACKs,
     /// zero-window probes, TIME-WAIT and FIN-WAIT-2 expiry.
     pub fn poll(&mut self, now: Instant, tx: &mut dyn IpSender, events: &mut Vec<TcpEvent>) {
+        // Delayed-ACK deadlines set since the last flush are filed by the
+        // next flush; a poll coming first files them itself.
+        for i in 0..self.dirty.len() {
+            if let Some(idx) = self.conns.resolve(self.dirty[i]) {
+                if let Some(at) = self.conns.get(idx).ack.at {
+                    self.arm(idx, TimerSlot::Ack, at);
+                }
+            }
+        }
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         self.wheel.advance(now, |t| fired.push(t));
@@ -615,12 +624,6 @@ impl TcpStack {
         if c.rtx.at.is_none() || c.rtx_kind != TimerKind::Rexmit {
             let rto = c.rto();
             self.set_rtx(idx, now, TimerKind::Rexmit, rto);
-        }
-    }
-
-    fn start_delack(&mut self, idx: u32, now: Instant) {
-        if self.conns.get(idx).ack.at.is_none() {
-            self.arm(idx, TimerSlot::Ack, now + self.cfg.delayed_ack);
         }
     }
 
@@ -855,11 +858,20 @@ impl TcpStack {
         }
     }
 
-    /// Everything connection `idx` has to send now. Pure ACKs carry
-    /// SND.MAX, not SND.NXT: after a timeout rewinds SND.NXT, the peer may
-    /// already have everything up to SND.MAX and would find an older
-    /// sequence number unacceptable and drop the ACK (as BSD does).
+    /// Everything connection `idx` has to send now, then the delayed-ACK
+    /// timer if an ACK is still owed.
     fn output(&mut self, idx: u32, now: Instant, tx: &mut dyn IpSender) {
+        self.output_segments(idx, now, tx);
+        if let Some(at) = self.conns.get(idx).ack.at {
+            self.arm(idx, TimerSlot::Ack, at);
+        }
+    }
+
+    /// The segments of [`output`](Self::output). Pure ACKs carry SND.MAX,
+    /// not SND.NXT: after a timeout rewinds SND.NXT, the peer may already
+    /// have everything up to SND.MAX and would find an older sequence
+    /// number unacceptable and drop the ACK (as BSD does).
+    fn output_segments(&mut self, idx: u32, now: Instant, tx: &mut dyn IpSender) {
         let c = self.conns.get(idx);
         match c.state {
             State::Closed => return,
@@ -1644,8 +1656,10 @@ impl TcpStack {
         let c = self.conns.get_mut(idx);
         if ack_now || c.rcv_nxt.since(c.rcv_acked) >= 2 * u32::from(self.cfg.mss) {
             c.set(flag::ACK_NOW);
-        } else if c.rcv_nxt != c.rcv_acked && !c.has(flag::ACK_NOW) {
-            self.start_delack(idx, now);
+        } else if c.rcv_nxt != c.rcv_acked && c.ack.at.is_none() {
+            // The delayed ACK's deadline only: `output` files it in the
+            // wheel unless a reply in this loop turn carries the ACK.
+            c.ack.at = Some(now + self.cfg.delayed_ack);
         }
     }
 
