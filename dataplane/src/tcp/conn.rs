@@ -338,9 +338,11 @@ impl Conn {
         }
     }
 
-    /// Takes an RTT measurement (RFC 6298 §2).
-    pub(crate) fn rtt_sample(&mut self, rtt: Duration, cfg: &TcpConfig) {
-        let r = duration_us(rtt).max(1);
+    /// Takes an RTT measurement (RFC 6298 §2) of the segment timed since
+    /// `rtt_start`, acknowledged at `now`.
+    pub(crate) fn rtt_sample(&mut self, now: Instant, bounds: RtoBounds) {
+        let rtt_ns = now.as_nanos().saturating_sub(self.rtt_start.as_nanos());
+        let r = ((rtt_ns / 1_000).min(u64::from(u32::MAX)) as u32).max(1);
         if self.srtt_us == 0 {
             self.srtt_us = r;
             self.rttvar_us = r / 2;
@@ -350,18 +352,21 @@ impl Conn {
             self.srtt_us = ((7 * u64::from(self.srtt_us) + u64::from(r)) / 8) as u32;
         }
         let rto = u64::from(self.srtt_us) + (4 * u64::from(self.rttvar_us)).max(1);
-        self.rto_us = (rto.min(u64::from(u32::MAX)) as u32)
-            .clamp(duration_us(cfg.rto_min), duration_us(cfg.rto_max));
+        self.rto_us = (rto.min(u64::from(u32::MAX)) as u32).clamp(bounds.min_us, bounds.max_us);
     }
 
     /// Doubles the RTO (RFC 6298 §5.5), up to `rto_max`.
-    pub(crate) fn back_off(&mut self, cfg: &TcpConfig) {
-        self.rto_us = self.rto_us.saturating_mul(2).min(duration_us(cfg.rto_max));
+    pub(crate) fn back_off(&mut self, bounds: RtoBounds) {
+        self.rto_us = self.rto_us.saturating_mul(2).min(bounds.max_us);
     }
 
-    /// The current RTO.
-    pub(crate) fn rto(&self) -> Duration {
-        Duration::from_micros(u64::from(self.rto_us))
+    /// When a retransmission timer started at `now` expires.
+    #[inline]
+    pub(crate) fn rto_deadline(&self, now: Instant) -> Instant {
+        Instant::from_nanos(
+            now.as_nanos()
+                .saturating_add(u64::from(self.rto_us) * 1_000),
+        )
     }
 
     /// Receive buffer space from RCV.NXT on.
@@ -412,6 +417,23 @@ impl Conn {
         let space = self.rx_space(cfg);
         let promised = self.rcv_wnd();
         space >= promised + Self::sws_threshold(cfg) && space >= 2 * promised
+    }
+}
+
+/// [`TcpConfig::rto_min`] and [`TcpConfig::rto_max`] in microseconds,
+/// converted once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RtoBounds {
+    pub min_us: u32,
+    pub max_us: u32,
+}
+
+impl RtoBounds {
+    pub(crate) fn new(cfg: &TcpConfig) -> RtoBounds {
+        RtoBounds {
+            min_us: duration_us(cfg.rto_min),
+            max_us: duration_us(cfg.rto_max),
+        }
     }
 }
 

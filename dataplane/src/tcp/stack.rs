@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::conn::{duration_us, flag, Conn, State, TimerKind, TimerSlot, TimerToken};
+use super::conn::{duration_us, flag, Conn, RtoBounds, State, TimerKind, TimerSlot, TimerToken};
 use super::isn::{initial_seq, SipKey};
 use super::list::{NodeSlab, NIL};
 use super::table::ConnTable;
@@ -54,6 +54,7 @@ pub struct TcpStack {
     fired: Vec<TimerToken>,
     rst_queue: Vec<RstSpec>,
     isn_key: SipKey,
+    rto_bounds: RtoBounds,
     half_open: usize,
     stats: TcpStats,
 }
@@ -98,6 +99,7 @@ impl TcpStack {
             fired: Vec::with_capacity(timers),
             rst_queue: Vec::with_capacity(RST_QUEUE),
             isn_key: key.derive(2),
+            rto_bounds: RtoBounds::new(&cfg),
             half_open: 0,
             stats: TcpStats::default(),
             cfg,
@@ -610,8 +612,13 @@ impl TcpStack {
 
     /// (Re)starts the retransmission-slot timer as `kind`, `after` from now.
     fn set_rtx(&mut self, idx: u32, now: Instant, kind: TimerKind, after: std::time::Duration) {
+        self.set_rtx_at(idx, kind, now + after);
+    }
+
+    /// (Re)starts the retransmission-slot timer as `kind`, due at `at`.
+    fn set_rtx_at(&mut self, idx: u32, kind: TimerKind, at: Instant) {
         self.conns.get_mut(idx).rtx_kind = kind;
-        self.arm(idx, TimerSlot::Rtx, now + after);
+        self.arm(idx, TimerSlot::Rtx, at);
     }
 
     fn stop_rtx(&mut self, idx: u32) {
@@ -622,8 +629,8 @@ impl TcpStack {
     fn ensure_rexmit(&mut self, idx: u32, now: Instant) {
         let c = self.conns.get(idx);
         if c.rtx.at.is_none() || c.rtx_kind != TimerKind::Rexmit {
-            let rto = c.rto();
-            self.set_rtx(idx, now, TimerKind::Rexmit, rto);
+            let at = c.rto_deadline(now);
+            self.set_rtx_at(idx, TimerKind::Rexmit, at);
         }
     }
 
@@ -697,7 +704,7 @@ impl TcpStack {
             return;
         }
         self.stats.rto_timeouts += 1;
-        c.back_off(cfg);
+        c.back_off(self.rto_bounds);
         c.clear(flag::RTT_TIMING);
         if opening {
             c.snd_nxt = c.iss;
@@ -1025,8 +1032,8 @@ impl TcpStack {
             && c.snd_nxt == c.snd_una
             && c.rtx.at.is_none()
         {
-            let rto = c.rto();
-            self.set_rtx(idx, now, TimerKind::Persist, rto);
+            let at = c.rto_deadline(now);
+            self.set_rtx_at(idx, TimerKind::Persist, at);
         }
     }
 
@@ -1168,13 +1175,12 @@ impl TcpStack {
             self.mark_dirty(idx);
             return;
         };
-        let cfg = &self.cfg;
         let c = self.conns.get_mut(idx);
         c.snd_una = ack;
         c.snd_wl2 = ack;
         if c.has(flag::RTT_TIMING) && ack >= c.rtt_seq {
             c.clear(flag::RTT_TIMING);
-            c.rtt_sample(now - c.rtt_start, cfg);
+            c.rtt_sample(now, self.rto_bounds);
         }
         c.state = State::Established;
         c.cwnd = c.initial_window();
@@ -1363,12 +1369,11 @@ impl TcpStack {
                 Some(p) => *p += 1,
             }
         }
-        let cfg = &self.cfg;
         let c = self.conns.get_mut(idx);
         c.snd_una = c.iss + 1;
         if c.has(flag::RTT_TIMING) && ack >= c.rtt_seq {
             c.clear(flag::RTT_TIMING);
-            c.rtt_sample(now - c.rtt_start, cfg);
+            c.rtt_sample(now, self.rto_bounds);
         }
         c.state = State::Established;
         c.cwnd = c.initial_window();
@@ -1408,7 +1413,6 @@ impl TcpStack {
         ack: SeqNum,
         events: &mut Vec<TcpEvent>,
     ) -> bool {
-        let cfg = &self.cfg;
         let c = self.conns.get_mut(idx);
         if ack > c.snd_max {
             // Acknowledges something never sent.
@@ -1436,7 +1440,7 @@ impl TcpStack {
             };
             if c.has(flag::RTT_TIMING) && ack >= c.rtt_seq {
                 c.clear(flag::RTT_TIMING);
-                c.rtt_sample(now - c.rtt_start, cfg);
+                c.rtt_sample(now, self.rto_bounds);
             }
             let mut restart_timer = true;
             if c.has(flag::RECOVERY) {
@@ -1486,8 +1490,8 @@ impl TcpStack {
                     self.stop_rtx(idx);
                 }
             } else if restart_timer {
-                let rto = c.rto();
-                self.set_rtx(idx, now, TimerKind::Rexmit, rto);
+                let at = c.rto_deadline(now);
+                self.set_rtx_at(idx, TimerKind::Rexmit, at);
             }
         } else if ack == c.snd_una
             && repr.payload_len == 0
