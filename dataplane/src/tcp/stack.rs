@@ -55,6 +55,8 @@ pub struct TcpStack {
     rst_queue: Vec<RstSpec>,
     isn_key: SipKey,
     rto_bounds: RtoBounds,
+    /// Header prediction on (tests turn it off to compare both paths).
+    predict: bool,
     half_open: usize,
     stats: TcpStats,
 }
@@ -100,6 +102,7 @@ impl TcpStack {
             rst_queue: Vec::with_capacity(RST_QUEUE),
             isn_key: key.derive(2),
             rto_bounds: RtoBounds::new(&cfg),
+            predict: true,
             half_open: 0,
             stats: TcpStats::default(),
             cfg,
@@ -1241,6 +1244,11 @@ impl TcpStack {
             _ => {}
         }
 
+        if self.predict && self.predicted(c, repr) {
+            self.stats.segs_predicted += 1;
+            return self.fast_input(idx, now, repr, segment, hdr_len, events);
+        }
+
         // First: sequence number acceptability.
         let seg_len = repr.seq_len();
         let wnd = c.rcv_wnd();
@@ -1324,6 +1332,98 @@ impl TcpStack {
         ) && (repr.payload_len > 0 || repr.flags.contains(TcpFlags::FIN))
         {
             self.receive_text(idx, now, repr, segment, hdr_len, zero_window_probe, events);
+        }
+        self.mark_dirty(idx);
+    }
+
+    /// Header prediction: whether the full processing of `repr` on `c`
+    /// would be the straight line of [`fast_input`](Self::fast_input).
+    #[inline]
+    fn predicted(&self, c: &Conn, repr: &TcpRepr) -> bool {
+        let Some(ack) = repr.ack else {
+            return false;
+        };
+        let len = repr.payload_len as u32;
+        c.state == State::Established
+            && repr.flags.without(TcpFlags::PSH) == TcpFlags::EMPTY
+            && repr.seq == c.rcv_nxt
+            && len <= c.rcv_wnd()
+            && (ack > c.snd_una || (ack == c.snd_una && len > 0))
+            && ack <= c.snd_max
+            && (c.snd_wl1 < repr.seq || (c.snd_wl1 == repr.seq && c.snd_wl2 <= ack))
+            && repr.window != 0
+            && c.snd_wnd != 0
+            && c.rtx_kind == TimerKind::Rexmit
+            && c.flags & (flag::RECOVERY | flag::OOO_FIN | flag::FIN_QUEUED) == 0
+            && c.ooo_head == NIL
+    }
+
+    /// A predicted segment (see [`predicted`](Self::predicted)): the
+    /// effects of the ACK, window and text checks of RFC 9293 §3.10.7.4
+    /// for a segment that passes every check the common way.
+    fn fast_input(
+        &mut self,
+        idx: u32,
+        now: Instant,
+        repr: &TcpRepr,
+        segment: &PktBuf,
+        hdr_len: usize,
+        events: &mut Vec<TcpEvent>,
+    ) {
+        let ack = repr.ack.unwrap_or(repr.seq);
+        let c = self.conns.get_mut(idx);
+        if ack > c.snd_una {
+            let acked = ack.since(c.snd_una);
+            if c.has(flag::RTT_TIMING) && ack >= c.rtt_seq {
+                c.clear(flag::RTT_TIMING);
+                c.rtt_sample(now, self.rto_bounds);
+            }
+            c.dupacks = 0;
+            let mss = u32::from(c.snd_mss);
+            if c.cwnd < c.ssthresh {
+                c.cwnd = c.cwnd.saturating_add(acked.min(mss));
+            } else {
+                let inc = u64::from(mss) * u64::from(mss) / u64::from(c.cwnd.max(1));
+                c.cwnd = c.cwnd.saturating_add((inc as u32).max(1));
+            }
+            c.snd_una = ack;
+            if c.snd_nxt < ack {
+                c.snd_nxt = ack;
+            }
+            c.retries = 0;
+            let (cookie, owned) = (c.cookie, c.app_owned());
+            self.release_acked(idx, acked);
+            if owned {
+                events.push(TcpEvent::Sent {
+                    conn: self.conns.id(idx),
+                    cookie,
+                    acked,
+                });
+            }
+            let c = self.conns.get(idx);
+            if c.snd_una == c.snd_max {
+                self.stop_rtx(idx);
+            } else {
+                let at = c.rto_deadline(now);
+                self.set_rtx_at(idx, TimerKind::Rexmit, at);
+            }
+        }
+        // The window update (its WL1/WL2 rule checked by `predicted`); the
+        // persist timer is not running.
+        let c = self.conns.get_mut(idx);
+        let seg_wnd = u32::from(repr.window) << c.snd_wscale;
+        c.snd_wnd = seg_wnd;
+        c.snd_wl1 = repr.seq;
+        c.snd_wl2 = ack;
+        c.max_sndwnd = c.max_sndwnd.max(seg_wnd);
+        if repr.payload_len > 0 {
+            self.deliver(idx, segment.slice(hdr_len, repr.payload_len), events);
+            let c = self.conns.get_mut(idx);
+            if c.rcv_nxt.since(c.rcv_acked) >= 2 * u32::from(self.cfg.mss) {
+                c.set(flag::ACK_NOW);
+            } else if c.ack.at.is_none() {
+                c.ack.at = Some(now + self.cfg.delayed_ack);
+            }
         }
         self.mark_dirty(idx);
     }
@@ -1869,6 +1969,11 @@ impl TcpStack {
     /// Read access to a connection, for tests.
     pub(crate) fn conn_by_tuple(&self, tuple: &FourTuple) -> Option<&Conn> {
         self.conns.lookup(tuple).map(|i| self.conns.get(i))
+    }
+
+    /// Turns header prediction on or off, for tests comparing both paths.
+    pub(crate) fn set_header_prediction(&mut self, on: bool) {
+        self.predict = on;
     }
 
     /// Write access to a connection, for tests that set up a state.
