@@ -29,7 +29,12 @@
 //! TTL 64, a per-interface identification counter) and the Ethernet header
 //! go in front. The next hop is the destination on our subnet, else the
 //! gateway; its MAC comes from the [`ArpCache`], and a frame for an
-//! unresolved next hop waits there while a request goes out.
+//! unresolved next hop waits there while a request goes out. The headers
+//! of the last destination reached through a plain ARP hit are kept as a
+//! template: while the ARP cache is unchanged and the entry is not due
+//! for a refresh, the next datagram to that destination copies them and
+//! patches length, identification and checksum (the checksum from the
+//! template's partial sum, RFC 1071 §2(A)) — the same bytes, less work.
 //!
 //! Every dropped frame is counted in [`NetStats`] by reason and traced at
 //! debug level. Nothing here panics on network input, and nothing allocates
@@ -42,6 +47,7 @@ use crate::net::arp_cache::{ArpCache, ArpCacheStats, ArpConfig, Enqueued, Lookup
 use crate::net::IpSender;
 use crate::time::Instant;
 use crate::wire::arp::{self, ArpOperation, ArpPacket, ArpRepr};
+use crate::wire::checksum;
 use crate::wire::ethernet::{self, EtherType, EthernetAddress, EthernetFrame, EthernetRepr};
 use crate::wire::icmp::{self, Icmpv4Packet, Icmpv4Repr};
 use crate::wire::ipv4::{self, IpProtocol, Ipv4Error, Ipv4Packet, Ipv4Repr};
@@ -274,6 +280,93 @@ pub struct Interface {
     arp: ArpCache,
     next_ident: u16,
     stats: NetStats,
+    /// Headers of the last datagram sent through a plain ARP hit, reused
+    /// while that stays true.
+    tx_template: Option<TxTemplate>,
+}
+
+/// The Ethernet and IPv4 headers of datagrams to one destination, ready to
+/// copy: everything but the total length, identification and checksum
+/// (which are zero here) is what [`Ipv4Repr::emit`] and
+/// [`EthernetRepr::emit`] write.
+///
+/// Valid while the ARP cache's generation is `arp_generation` and the
+/// clock is before `until`: then a lookup of the next hop would be a plain
+/// hit on the MAC in the header (see [`ArpCache::stable_hit`]), so the
+/// frame is exactly what the full path builds, without its work.
+#[derive(Debug, Clone, Copy)]
+struct TxTemplate {
+    dst: Ipv4Addr,
+    protocol: u8,
+    arp_generation: u64,
+    until: Instant,
+    /// One's-complement sum (RFC 1071, not folded) of the IPv4 header
+    /// with total length, identification and checksum zero.
+    partial_sum: u32,
+    hdr: [u8; HDRS],
+}
+
+/// Offsets in a frame of the IPv4 fields a [`TxTemplate`] leaves out.
+const TOTAL_LEN_AT: usize = ethernet::HEADER_LEN + 2;
+const IDENT_AT: usize = ethernet::HEADER_LEN + 4;
+const CHECKSUM_AT: usize = ethernet::HEADER_LEN + 10;
+
+impl TxTemplate {
+    /// The headers `send_ipv4` would write towards `dst` via `mac`.
+    fn new(
+        src: (EthernetAddress, Ipv4Addr),
+        dst: Ipv4Addr,
+        mac: EthernetAddress,
+        protocol: IpProtocol,
+        arp_generation: u64,
+        until: Instant,
+    ) -> TxTemplate {
+        let mut hdr = [0u8; HDRS];
+        let mut f = EthernetFrame::new_unchecked(&mut hdr[..]);
+        EthernetRepr {
+            src_addr: src.0,
+            dst_addr: mac,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut f);
+        let mut ip = Ipv4Packet::new_unchecked(f.payload_mut());
+        Ipv4Repr {
+            src_addr: src.1,
+            dst_addr: dst,
+            protocol,
+            payload_len: 0,
+            ttl: ipv4::DEFAULT_TTL,
+            ident: 0,
+            dont_frag: true,
+        }
+        .emit(&mut ip);
+        ip.set_total_len(0);
+        ip.set_checksum(0);
+        let partial_sum = checksum::sum(0, &hdr[ethernet::HEADER_LEN..]);
+        TxTemplate {
+            dst,
+            protocol: u8::from(protocol),
+            arp_generation,
+            until,
+            partial_sum,
+            hdr,
+        }
+    }
+
+    /// Writes the headers of a datagram with `l4_len` payload bytes and
+    /// identification `ident` into the first [`HDRS`] bytes of `frame`.
+    #[inline]
+    fn write(&self, frame: &mut [u8], l4_len: usize, ident: u16) {
+        let total_len = (ipv4::HEADER_LEN + l4_len) as u16;
+        // The header sum is linear in its 16-bit words: add the two fields
+        // that were zero in the template (RFC 1071 §2(A)).
+        let c = checksum::finish(self.partial_sum + u32::from(total_len) + u32::from(ident));
+        let h = &mut frame[..HDRS];
+        h.copy_from_slice(&self.hdr);
+        h[TOTAL_LEN_AT..TOTAL_LEN_AT + 2].copy_from_slice(&total_len.to_be_bytes());
+        h[IDENT_AT..IDENT_AT + 2].copy_from_slice(&ident.to_be_bytes());
+        h[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&c.to_be_bytes());
+    }
 }
 
 /// Sets the destination MAC of a frame this interface built.
@@ -361,6 +454,7 @@ impl Interface {
             arp: ArpCache::new(arp),
             next_ident: (nanos ^ (nanos >> 16) ^ (nanos >> 32)) as u16,
             stats: NetStats::default(),
+            tx_template: None,
         }
     }
 
@@ -756,6 +850,32 @@ impl IfaceSender<'_> {
             iface.stats.tx_too_big += 1;
             return false;
         }
+        let protocol_nr = u8::from(protocol);
+        if let Some(t) = iface.tx_template {
+            if t.dst == dst
+                && t.protocol == protocol_nr
+                && t.arp_generation == iface.arp.generation()
+                && self.now < t.until
+            {
+                let Some(mut buf) = pool.alloc() else {
+                    iface.stats.tx_pool_exhausted += 1;
+                    return false;
+                };
+                if !buf.append(HDRS + l4_len) {
+                    iface.stats.tx_too_big += 1;
+                    return false;
+                }
+                let ident = iface.take_ident();
+                let bytes = buf
+                    .data_mut()
+                    .expect("a freshly allocated buffer is unique");
+                fill(&mut bytes[HDRS..]);
+                t.write(bytes, l4_len, ident);
+                self.tx.push(buf);
+                iface.stats.tx_frames += 1;
+                return true;
+            }
+        }
         let Some(next_hop) = iface.next_hop(dst) else {
             iface.stats.tx_no_route += 1;
             return false;
@@ -792,7 +912,22 @@ impl IfaceSender<'_> {
             eth.emit(&mut f);
             ip.emit(&mut Ipv4Packet::new_unchecked(f.payload_mut()));
         }
-        self.transmit(next_hop, buf)
+        let sent = self.transmit(next_hop, buf);
+        let iface = &mut *self.iface;
+        iface.tx_template = iface
+            .arp
+            .stable_hit(next_hop, self.now)
+            .map(|(mac, until)| {
+                TxTemplate::new(
+                    (iface.cfg.mac, src),
+                    dst,
+                    mac,
+                    protocol,
+                    iface.arp.generation(),
+                    until,
+                )
+            });
+        sent
     }
 
     /// Sends a frame whose Ethernet destination is still to be filled in
@@ -1317,6 +1452,12 @@ mod tests {
         let (pool, mut iface, mut tx) = (pool(), iface(), Vec::new());
         iface.receive(T0, rx(&pool, &hex(ARP_REQUEST)), &pool, &mut tx);
         tx.clear();
+        // Two sends well before expiry: the second reuses cached headers,
+        // which must not outlive the quiet part of the entry's life.
+        assert!(send(&mut iface, at(1.0), &pool, &mut tx, PEER_IP, 1, 20));
+        assert!(send(&mut iface, at(2.0), &pool, &mut tx, PEER_IP, 1, 20));
+        assert_eq!(tx.len(), 2);
+        tx.clear();
         assert!(send(&mut iface, at(56.0), &pool, &mut tx, PEER_IP, 1, 20));
         assert_eq!(tx.len(), 2, "the frame, then a refresh poll");
         assert_eq!(parse_ip(&tx[0]).0.dst_addr, PEER_MAC);
@@ -1602,6 +1743,25 @@ mod tests {
     }
 
     #[test]
+    fn learned_mac_change_retargets_the_next_frame() {
+        let (pool, mut iface, mut tx) = (pool(), iface(), Vec::new());
+        iface.receive(T0, rx(&pool, &hex(ARP_REQUEST)), &pool, &mut tx);
+        tx.clear();
+        assert!(send(&mut iface, at(1.0), &pool, &mut tx, PEER_IP, 1, 20));
+        assert!(send(&mut iface, at(1.0), &pool, &mut tx, PEER_IP, 1, 20));
+        let moved = EthernetAddress([2, 0, 0, 0, 0, 0x77]);
+        let req = arp_frame(ArpOperation::Request, moved, PEER_IP, OUR_IP);
+        iface.receive(at(2.0), rx(&pool, &req), &pool, &mut tx);
+        assert!(send(&mut iface, at(3.0), &pool, &mut tx, PEER_IP, 1, 20));
+        let dsts: Vec<_> = tx
+            .iter()
+            .filter(|f| EthernetFrame::new_unchecked(f.data()).ethertype() == EtherType::Ipv4)
+            .map(|f| parse_ip(f).0.dst_addr)
+            .collect();
+        assert_eq!(dsts, [PEER_MAC, PEER_MAC, moved]);
+    }
+
+    #[test]
     fn off_subnet_destinations_go_through_the_gateway() {
         let (pool, mut iface, mut tx) = (pool(), iface(), Vec::new());
         iface.add_static_arp(GATEWAY, GATEWAY_MAC);
@@ -1641,6 +1801,35 @@ mod tests {
     }
 
     proptest! {
+        /// Frames after the first to a destination come from cached
+        /// headers: they must be exactly what the full path writes, for
+        /// every length and identification (checksum carries included).
+        #[test]
+        fn cached_headers_match_a_fresh_emit(
+            ident in any::<u16>(),
+            lens in proptest::collection::vec(0usize..=1480, 1..8),
+            far in any::<bool>(),
+        ) {
+            let (pool, mut iface, mut tx) = (pool(), iface(), Vec::new());
+            iface.add_static_arp(PEER_IP, PEER_MAC);
+            iface.add_static_arp(GATEWAY, GATEWAY_MAC);
+            iface.next_ident = ident;
+            let dst = if far { Ipv4Addr::new(192, 0, 2, 80) } else { PEER_IP };
+            for &len in &lens {
+                prop_assert!(send(&mut iface, T0, &pool, &mut tx, dst, 0xa5, len));
+                let frame = tx.pop().unwrap();
+                let (e, ip, payload) = parse_ip(&frame);
+                prop_assert_eq!(payload.len(), len);
+                let mut want = [0u8; HDRS];
+                let mut f = EthernetFrame::new_unchecked(&mut want[..]);
+                e.emit(&mut f);
+                let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+                p.set_total_len((ipv4::HEADER_LEN + len) as u16);
+                ip.emit(&mut p);
+                prop_assert_eq!(&frame.data()[..HDRS], &want[..]);
+            }
+        }
+
         #[test]
         fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let (pool, mut iface, mut tx) = (pool(), iface(), Vec::new());
