@@ -360,21 +360,20 @@ pub trait Handler {
 /// views that release their bytes when dropped.
 #[inline]
 fn convert_events(tcp: &mut Vec<TcpEvent>, app: &mut Vec<AppEvent>, released: &Rc<ReleaseQueue>) {
-    for ev in tcp.drain(..) {
-        app.push(match ev {
-            TcpEvent::Knock { conn, tuple } => AppEvent::Knock { conn, tuple },
-            TcpEvent::Connected { conn, result, .. } => AppEvent::Connected { conn, result },
-            TcpEvent::Recv { conn, data, .. } => AppEvent::Recv {
-                data: RxView {
-                    data,
-                    conn,
-                    released: released.clone(),
-                },
+    // One capacity check for the whole batch (the drain's length is exact).
+    app.extend(tcp.drain(..).map(|ev| match ev {
+        TcpEvent::Knock { conn, tuple } => AppEvent::Knock { conn, tuple },
+        TcpEvent::Connected { conn, result, .. } => AppEvent::Connected { conn, result },
+        TcpEvent::Recv { conn, data, .. } => AppEvent::Recv {
+            data: RxView {
+                data,
+                conn,
+                released: released.clone(),
             },
-            TcpEvent::Sent { conn, acked, .. } => AppEvent::Sent { conn, acked },
-            TcpEvent::Dead { conn, reason, .. } => AppEvent::Dead { conn, reason },
-        });
-    }
+        },
+        TcpEvent::Sent { conn, acked, .. } => AppEvent::Sent { conn, acked },
+        TcpEvent::Dead { conn, reason, .. } => AppEvent::Dead { conn, reason },
+    }));
 }
 
 /// One elastic thread's state: the [`Core`] plus the loop's scratch arrays.
