@@ -606,7 +606,7 @@ enum Put {
 }
 
 /// Slave: copy into our own buffers of the next free slots.
-#[inline]
+#[inline(always)]
 fn produce_own(t: &mut TxRing, bufs: &Buffers, own: OwnLayout, bytes: &[u8]) -> Put {
     let bsize = own.buffer_size as usize;
     if bytes.len() <= bsize {
@@ -670,7 +670,7 @@ fn produce_own(t: &mut TxRing, bufs: &Buffers, own: OwnLayout, bytes: &[u8]) -> 
 }
 
 /// Master: fill the buffers the slave posted, from our cursor on.
-#[inline]
+#[inline(always)]
 fn fill_posted(t: &mut TxRing, bufs: &Buffers, bytes: &[u8]) -> Put {
     if t.free == 0 {
         return Put::Full;
