@@ -355,7 +355,7 @@ impl TxTemplate {
 
     /// Writes the headers of a datagram with `l4_len` payload bytes and
     /// identification `ident` into the first [`HDRS`] bytes of `frame`.
-    #[inline]
+    #[inline(always)]
     fn write(&self, frame: &mut [u8], l4_len: usize, ident: u16) {
         let total_len = (ipv4::HEADER_LEN + l4_len) as u16;
         // The header sum is linear in its 16-bit words: add the two fields

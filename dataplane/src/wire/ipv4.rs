@@ -132,7 +132,7 @@ mod field {
 /// Sums the five 32-bit words in native byte order: the one's-complement
 /// sum commutes with byte swapping (RFC 1071 §2(B)), and 0xffff is its own
 /// swap, so the test is the same as on big-endian words.
-#[inline]
+#[inline(always)]
 pub fn header_checksum_ok(hdr: &[u8; HEADER_LEN]) -> bool {
     let w = |i: usize| {
         u64::from(u32::from_ne_bytes([
