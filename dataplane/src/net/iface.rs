@@ -30,11 +30,12 @@
 //! go in front. The next hop is the destination on our subnet, else the
 //! gateway; its MAC comes from the [`ArpCache`], and a frame for an
 //! unresolved next hop waits there while a request goes out. The headers
-//! of the last destination reached through a plain ARP hit are kept as a
-//! template: while the ARP cache is unchanged and the entry is not due
-//! for a refresh, the next datagram to that destination copies them and
-//! patches length, identification and checksum (the checksum from the
-//! template's partial sum, RFC 1071 §2(A)) — the same bytes, less work.
+//! of recent destinations reached through a plain ARP hit are kept as
+//! templates (a small direct-mapped table): while the ARP cache is
+//! unchanged and the entry is not due for a refresh, the next datagram to
+//! that destination copies them and patches length, identification and
+//! checksum (the checksum from the template's partial sum, RFC 1071
+//! §2(A)) — the same bytes, less work.
 //!
 //! Every dropped frame is counted in [`NetStats`] by reason and traced at
 //! debug level. Nothing here panics on network input, and nothing allocates
@@ -280,9 +281,19 @@ pub struct Interface {
     arp: ArpCache,
     next_ident: u16,
     stats: NetStats,
-    /// Headers of the last datagram sent through a plain ARP hit, reused
-    /// while that stays true.
-    tx_template: Option<TxTemplate>,
+    /// Headers of recent destinations reached through a plain ARP hit,
+    /// reused while that stays true; direct-mapped by [`template_slot`].
+    tx_templates: Box<[Option<TxTemplate>]>,
+}
+
+/// Entries of the TX header template table (a power of two).
+const TX_TEMPLATES: usize = 64;
+
+/// The template table entry for `dst`: the low bits of the address, which
+/// tell apart the hosts of a subnet.
+#[inline]
+fn template_slot(dst: Ipv4Addr) -> usize {
+    u32::from(dst) as usize & (TX_TEMPLATES - 1)
 }
 
 /// The Ethernet and IPv4 headers of datagrams to one destination, ready to
@@ -454,7 +465,7 @@ impl Interface {
             arp: ArpCache::new(arp),
             next_ident: (nanos ^ (nanos >> 16) ^ (nanos >> 32)) as u16,
             stats: NetStats::default(),
-            tx_template: None,
+            tx_templates: vec![None; TX_TEMPLATES].into_boxed_slice(),
         }
     }
 
@@ -916,30 +927,33 @@ impl IfaceSender<'_> {
             return false;
         }
         let protocol_nr = u8::from(protocol);
-        if let Some(t) = iface.tx_template {
-            if t.dst == dst
+        let slot = template_slot(dst);
+        let (generation, now) = (iface.arp.generation(), self.now);
+        if let Some(t) = iface.tx_templates[slot].as_ref().filter(|t| {
+            t.dst == dst
                 && t.protocol == protocol_nr
-                && t.arp_generation == iface.arp.generation()
-                && self.now < t.until
-            {
-                let Some(mut buf) = pool.alloc() else {
-                    iface.stats.tx_pool_exhausted += 1;
-                    return false;
-                };
-                if !buf.append(HDRS + l4_len) {
-                    iface.stats.tx_too_big += 1;
-                    return false;
-                }
-                let ident = iface.take_ident();
-                let bytes = buf
-                    .data_mut()
-                    .expect("a freshly allocated buffer is unique");
-                fill(&mut bytes[HDRS..]);
-                t.write(bytes, l4_len, ident);
-                self.tx.push(buf);
-                iface.stats.tx_frames += 1;
-                return true;
+                && t.arp_generation == generation
+                && now < t.until
+        }) {
+            // Fields, not methods, below: `t` borrows the template table.
+            let Some(mut buf) = pool.alloc() else {
+                iface.stats.tx_pool_exhausted += 1;
+                return false;
+            };
+            if !buf.append(HDRS + l4_len) {
+                iface.stats.tx_too_big += 1;
+                return false;
             }
+            let ident = iface.next_ident;
+            iface.next_ident = ident.wrapping_add(1);
+            let bytes = buf
+                .data_mut()
+                .expect("a freshly allocated buffer is unique");
+            fill(&mut bytes[HDRS..]);
+            t.write(bytes, l4_len, ident);
+            self.tx.push(buf);
+            iface.stats.tx_frames += 1;
+            return true;
         }
         let Some(next_hop) = iface.next_hop(dst) else {
             iface.stats.tx_no_route += 1;
@@ -979,19 +993,20 @@ impl IfaceSender<'_> {
         }
         let sent = self.transmit(next_hop, buf);
         let iface = &mut *self.iface;
-        iface.tx_template = iface
-            .arp
-            .stable_hit(next_hop, self.now)
-            .map(|(mac, until)| {
-                TxTemplate::new(
-                    (iface.cfg.mac, src),
-                    dst,
-                    mac,
-                    protocol,
-                    iface.arp.generation(),
-                    until,
-                )
-            });
+        iface.tx_templates[template_slot(dst)] =
+            iface
+                .arp
+                .stable_hit(next_hop, self.now)
+                .map(|(mac, until)| {
+                    TxTemplate::new(
+                        (iface.cfg.mac, src),
+                        dst,
+                        mac,
+                        protocol,
+                        iface.arp.generation(),
+                        until,
+                    )
+                });
         sent
     }
 
@@ -1824,6 +1839,30 @@ mod tests {
             .map(|f| parse_ip(f).0.dst_addr)
             .collect();
         assert_eq!(dsts, [PEER_MAC, PEER_MAC, moved]);
+    }
+
+    #[test]
+    fn alternating_destinations_keep_their_own_headers() {
+        let (pool, mut iface, mut tx) = (pool(), iface(), Vec::new());
+        let other = Ipv4Addr::new(10, 0, 0, 3);
+        let other_mac = EthernetAddress([2, 0, 0, 0, 0, 3]);
+        iface.add_static_arp(PEER_IP, PEER_MAC);
+        iface.add_static_arp(other, other_mac);
+        for _ in 0..3 {
+            assert!(send(&mut iface, T0, &pool, &mut tx, PEER_IP, 1, 20));
+            assert!(send(&mut iface, T0, &pool, &mut tx, other, 2, 20));
+        }
+        assert!(iface.tx_templates[template_slot(PEER_IP)].is_some());
+        assert!(iface.tx_templates[template_slot(other)].is_some());
+        for (i, f) in tx.iter().enumerate() {
+            let (e, ip, payload) = parse_ip(f);
+            let (mac, dst, tag) = if i % 2 == 0 {
+                (PEER_MAC, PEER_IP, 1)
+            } else {
+                (other_mac, other, 2)
+            };
+            assert_eq!((e.dst_addr, ip.dst_addr, payload[0]), (mac, dst, tag));
+        }
     }
 
     #[test]
