@@ -19,8 +19,7 @@
 //! No locks, no allocation and no system calls in steady state: buffers
 //! come from the queue's pool, the event and TX arrays are reused, and the
 //! only shared state (counters for the control plane) is written with
-//! relaxed atomic loads and stores (single writer, no locked
-//! read-modify-write).
+//! relaxed atomics.
 
 use std::cell::RefCell;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -63,9 +62,7 @@ pub struct CoreConfig {
 }
 
 /// Counters of one elastic thread, readable from other threads (the
-/// control plane's stats page) while the thread runs. Only the elastic
-/// thread writes them: it adds with a relaxed load and store, not a locked
-/// read-modify-write, so another writer's updates could be lost.
+/// control plane's stats page) while the thread runs.
 #[derive(Debug, Default)]
 pub struct CoreCounters {
     /// Frames received.
@@ -359,35 +356,25 @@ pub trait Handler {
     fn handle(&mut self, core: &mut Core, events: &mut Vec<AppEvent>);
 }
 
-/// Adds `n` to a counter that only this thread writes: a relaxed load and
-/// store instead of a locked read-modify-write on every loop turn. Readers
-/// on other threads still see each value whole and never going back.
-#[inline]
-fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(
-        counter.load(Ordering::Relaxed).wrapping_add(n),
-        Ordering::Relaxed,
-    );
-}
-
 /// Turns TCP's events into the application's, wrapping received data in
 /// views that release their bytes when dropped.
 #[inline]
 fn convert_events(tcp: &mut Vec<TcpEvent>, app: &mut Vec<AppEvent>, released: &Rc<ReleaseQueue>) {
-    // One capacity check for the whole batch (the drain's length is exact).
-    app.extend(tcp.drain(..).map(|ev| match ev {
-        TcpEvent::Knock { conn, tuple } => AppEvent::Knock { conn, tuple },
-        TcpEvent::Connected { conn, result, .. } => AppEvent::Connected { conn, result },
-        TcpEvent::Recv { conn, data, .. } => AppEvent::Recv {
-            data: RxView {
-                data,
-                conn,
-                released: released.clone(),
+    for ev in tcp.drain(..) {
+        app.push(match ev {
+            TcpEvent::Knock { conn, tuple } => AppEvent::Knock { conn, tuple },
+            TcpEvent::Connected { conn, result, .. } => AppEvent::Connected { conn, result },
+            TcpEvent::Recv { conn, data, .. } => AppEvent::Recv {
+                data: RxView {
+                    data,
+                    conn,
+                    released: released.clone(),
+                },
             },
-        },
-        TcpEvent::Sent { conn, acked, .. } => AppEvent::Sent { conn, acked },
-        TcpEvent::Dead { conn, reason, .. } => AppEvent::Dead { conn, reason },
-    }));
+            TcpEvent::Sent { conn, acked, .. } => AppEvent::Sent { conn, acked },
+            TcpEvent::Dead { conn, reason, .. } => AppEvent::Dead { conn, reason },
+        });
+    }
 }
 
 /// One elastic thread's state: the [`Core`] plus the loop's scratch arrays.
@@ -500,7 +487,9 @@ impl<Q: QueuePair> ElasticThread<Q> {
         // arrived before the accept, which is handed over in the same turn
         let had_events = !self.events.is_empty();
         while !self.events.is_empty() {
-            bump(&self.counters.events, self.events.len() as u64);
+            self.counters
+                .events
+                .fetch_add(self.events.len() as u64, Ordering::Relaxed);
             handler.handle(core, &mut self.events);
             self.events.clear();
             convert_events(&mut core.late_events, &mut self.events, &core.released);
@@ -513,12 +502,14 @@ impl<Q: QueuePair> ElasticThread<Q> {
         let sent = self.flush_tx();
 
         if n > 0 {
-            bump(&self.counters.batches, 1);
-            bump(&self.counters.rx_packets, n as u64);
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .rx_packets
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         let busy = n > 0 || had_events || sent > 0;
         if !busy {
-            bump(&self.counters.idle_loops, 1);
+            self.counters.idle_loops.fetch_add(1, Ordering::Relaxed);
             std::hint::spin_loop();
         }
         busy
@@ -528,7 +519,9 @@ impl<Q: QueuePair> ElasticThread<Q> {
         let mut sent = 0;
         if !self.core.tx.is_empty() {
             sent = self.queue.tx_burst(&mut self.core.tx);
-            bump(&self.counters.tx_packets, sent as u64);
+            self.counters
+                .tx_packets
+                .fetch_add(sent as u64, Ordering::Relaxed);
         }
         sent
     }
