@@ -2,7 +2,7 @@
 //! are killed when the test ends (even on panic), and per-test scratch
 //! directories.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -74,21 +74,10 @@ impl Scratch {
     pub fn path(&self, entry: &str) -> PathBuf {
         self.0.join(entry)
     }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.0
-    }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Whether the tests run as root (needed for namespaces and veth).
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
