@@ -324,6 +324,16 @@ impl Conn {
         self.rto_us = self.rto_us.saturating_mul(2).min(duration_us(cfg.rto_max));
     }
 
+    /// At the end of the handshake: a SYN retransmission left the RTO
+    /// backed off with no RTT sample (Karn's rule); data starts again from
+    /// the initial RTO (RFC 6298 §5.7, with our `rto_initial` for its 3 s).
+    pub(crate) fn handshake_done(&mut self, cfg: &TcpConfig) {
+        self.retries = 0;
+        if self.has(flag::SYN_REXMIT) && self.srtt_us == 0 {
+            self.rto_us = duration_us(cfg.rto_initial);
+        }
+    }
+
     /// The current RTO.
     pub(crate) fn rto(&self) -> Duration {
         Duration::from_micros(u64::from(self.rto_us))

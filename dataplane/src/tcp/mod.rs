@@ -43,8 +43,9 @@
 //! - Data and FIN carried on a SYN are not accepted (not acknowledged, so
 //!   the peer sends them again after the handshake).
 //! - `rto_min` defaults to 200 ms (as in Linux) rather than RFC 6298's 1 s;
-//!   after a SYN retransmission the backed-off RTO is kept until the first
-//!   RTT sample rather than being forced to 3 s (RFC 6298 §5.7).
+//!   after a SYN retransmission the RTO restarts at
+//!   [`TcpConfig::rto_initial`] when the handshake completes, rather than
+//!   at 3 s (RFC 6298 §5.7).
 //! - A zero-length segment is acceptable from the RCV.NXT of our last
 //!   ACK on, not only from RCV.NXT (as Linux does): a pure ACK overtaken
 //!   by data is processed rather than answered with a duplicate ACK.

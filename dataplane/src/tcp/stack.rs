@@ -1159,13 +1159,16 @@ impl TcpStack {
         let c = self.conns.get_mut(idx);
         c.snd_una = ack;
         c.snd_wl2 = ack;
+        if c.snd_nxt < ack {
+            c.snd_nxt = ack;
+        }
         if c.has(flag::RTT_TIMING) && ack >= c.rtt_seq {
             c.clear(flag::RTT_TIMING);
             c.rtt_sample(now - c.rtt_start, cfg);
         }
         c.state = State::Established;
         c.cwnd = c.initial_window();
-        c.retries = 0;
+        c.handshake_done(cfg);
         c.set(flag::ACK_NOW);
         let cookie = c.cookie;
         let conn = self.conns.id(idx);
@@ -1353,13 +1356,18 @@ impl TcpStack {
         let cfg = &self.cfg;
         let c = self.conns.get_mut(idx);
         c.snd_una = c.iss + 1;
+        // A retransmitted SYN in this batch rewound SND.NXT to resend the
+        // SYN-ACK; the ACK makes that moot.
+        if c.snd_nxt < c.snd_una {
+            c.snd_nxt = c.snd_una;
+        }
         if c.has(flag::RTT_TIMING) && ack >= c.rtt_seq {
             c.clear(flag::RTT_TIMING);
             c.rtt_sample(now - c.rtt_start, cfg);
         }
         c.state = State::Established;
         c.cwnd = c.initial_window();
-        c.retries = 0;
+        c.handshake_done(cfg);
         c.snd_wnd = u32::from(repr.window) << c.snd_wscale;
         c.max_sndwnd = c.max_sndwnd.max(c.snd_wnd);
         c.snd_wl1 = repr.seq;

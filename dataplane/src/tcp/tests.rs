@@ -484,6 +484,36 @@ fn syn_received_duplicate_syn_resends_synack() {
     assert_eq!(t.s.conn_count(), 1);
 }
 
+/// Regression: a retransmitted SYN and the handshake's ACK in one batch
+/// (before a flush) left SND.NXT behind SND.UNA, so the connection never
+/// sent its data and armed no timer (seen as 2 of 1,000 connections
+/// stalling under 2% duplication).
+#[test]
+fn syn_received_duplicate_syn_then_ack_in_one_batch_still_sends() {
+    let mut t = T::listening();
+    t.inject_syn(Some(1460), Some(7));
+    t.flush();
+    let our = t.one_out().seq() + 1;
+    t.inject_syn(Some(1460), Some(7));
+    t.inject(PISS + 1, Some(our), ACK, 1024, &[]);
+    let conn = match t.events().as_slice() {
+        [TcpEvent::Knock { conn, .. }] => *conn,
+        e => panic!("expected a knock, got {e:?}"),
+    };
+    t.s.accept(conn, 7, &mut t.ev).unwrap();
+    let data = TxBuf::from_vec(b"hello".to_vec());
+    assert_eq!(t.s.send(conn, &[data]).unwrap(), 5);
+    t.flush();
+    let sent: Vec<Out> = t
+        .out()
+        .into_iter()
+        .filter(|o| !o.payload.is_empty())
+        .collect();
+    assert_eq!(sent.len(), 1, "the data goes out: {sent:?}");
+    assert_eq!(sent[0].seq(), our);
+    assert_eq!(sent[0].payload, b"hello");
+}
+
 #[test]
 fn syn_received_bad_ack_gets_rst() {
     let mut t = T::listening();
@@ -511,6 +541,28 @@ fn syn_received_synack_is_retransmitted_with_backoff() {
     assert!(t.out().is_empty(), "backed off to 2 s");
     t.wait(Duration::from_millis(20));
     assert!(t.one_out().has(SYN));
+}
+
+#[test]
+fn syn_sent_retransmitted_syn_restarts_rto_at_initial_after_handshake() {
+    let mut t = T::new(test_config());
+    let (conn, syn) = connect(&mut t);
+    for backoff in [1u64, 2, 4] {
+        t.wait(Duration::from_millis(1000 * backoff + 5));
+        assert!(t.one_out().has(SYN));
+    }
+    t.inject(PISS, Some(syn.seq() + 1), SYN | ACK, 1024, &[]);
+    t.events();
+    t.out();
+    let data = TxBuf::from_vec(vec![1; 100]);
+    t.s.send(conn, &[data]).unwrap();
+    t.flush();
+    assert_eq!(t.one_out().payload.len(), 100);
+    t.wait(Duration::from_millis(990));
+    assert!(t.out().is_empty());
+    t.wait(Duration::from_millis(20));
+    let again = t.one_out();
+    assert_eq!(again.payload.len(), 100, "retransmitted after 1 s, not 8 s");
 }
 
 #[test]
