@@ -54,8 +54,16 @@ pub(crate) enum TimerKind {
     TimeWait,
     /// Give up waiting for the peer's FIN after our close.
     FinWait2,
-    /// Delayed ACK (the second timer slot).
-    DelayedAck,
+}
+
+/// The two timers of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerSlot {
+    /// Retransmission, persist, TIME-WAIT or FIN-WAIT-2 (see
+    /// [`Conn::rtx_kind`]).
+    Rtx,
+    /// Delayed ACK.
+    Ack,
 }
 
 /// Token stored in the timer wheel.
@@ -63,7 +71,25 @@ pub(crate) enum TimerKind {
 pub(crate) struct TimerToken {
     pub idx: u32,
     pub gen: u32,
-    pub kind: TimerKind,
+    pub slot: TimerSlot,
+}
+
+/// A connection timer kept lazily: the deadline lives here, and the wheel
+/// entry standing for it is only replaced when the deadline moves earlier.
+/// Moving the deadline later or stopping the timer leaves the entry in
+/// place; when it fires, the stack re-files it at the current deadline or
+/// drops it (see `TcpStack::on_timer`). Most segments restart the
+/// retransmission timer and stop the delayed-ACK timer: this way they touch
+/// no wheel list. The delayed-ACK deadline is set when data arrives but
+/// filed only at the next flush (or poll), so that a reply sent in the same
+/// loop turn, which carries the ACK, never files it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LazyTimer {
+    /// When the timer is due; `None` while it is stopped.
+    pub at: Option<Instant>,
+    /// The wheel entry and its deadline; while it is pending, not later
+    /// than `at` (except for a delayed ACK not yet filed).
+    pub entry: Option<(TimerId, Instant)>,
 }
 
 /// Boolean state of a connection.
@@ -181,8 +207,8 @@ pub(crate) struct Conn {
     // Timers: the retransmission slot (RTO, persist, TIME-WAIT,
     // FIN-WAIT-2) and the delayed-ACK slot.
     pub rtx_kind: TimerKind,
-    pub rtx_timer: Option<TimerId>,
-    pub ack_timer: Option<TimerId>,
+    pub rtx: LazyTimer,
+    pub ack: LazyTimer,
 }
 
 impl Conn {
@@ -234,8 +260,8 @@ impl Conn {
             ooo_bytes: 0,
             ooo_count: 0,
             rtx_kind: TimerKind::Rexmit,
-            rtx_timer: None,
-            ack_timer: None,
+            rtx: LazyTimer::default(),
+            ack: LazyTimer::default(),
         }
     }
 
@@ -258,6 +284,15 @@ impl Conn {
         c.rcv_wscale = cfg.window_scale.min(crate::wire::tcp::MAX_WINDOW_SCALE);
         c.rto_us = duration_us(cfg.rto_initial);
         c
+    }
+
+    /// The timer of `slot`.
+    #[inline]
+    pub(crate) fn timer_mut(&mut self, slot: TimerSlot) -> &mut LazyTimer {
+        match slot {
+            TimerSlot::Rtx => &mut self.rtx,
+            TimerSlot::Ack => &mut self.ack,
+        }
     }
 
     #[inline]
@@ -303,9 +338,11 @@ impl Conn {
         }
     }
 
-    /// Takes an RTT measurement (RFC 6298 §2).
-    pub(crate) fn rtt_sample(&mut self, rtt: Duration, cfg: &TcpConfig) {
-        let r = duration_us(rtt).max(1);
+    /// Takes an RTT measurement (RFC 6298 §2) of the segment timed since
+    /// `rtt_start`, acknowledged at `now`.
+    pub(crate) fn rtt_sample(&mut self, now: Instant, bounds: RtoBounds) {
+        let rtt_ns = now.as_nanos().saturating_sub(self.rtt_start.as_nanos());
+        let r = ((rtt_ns / 1_000).min(u64::from(u32::MAX)) as u32).max(1);
         if self.srtt_us == 0 {
             self.srtt_us = r;
             self.rttvar_us = r / 2;
@@ -315,13 +352,12 @@ impl Conn {
             self.srtt_us = ((7 * u64::from(self.srtt_us) + u64::from(r)) / 8) as u32;
         }
         let rto = u64::from(self.srtt_us) + (4 * u64::from(self.rttvar_us)).max(1);
-        self.rto_us = (rto.min(u64::from(u32::MAX)) as u32)
-            .clamp(duration_us(cfg.rto_min), duration_us(cfg.rto_max));
+        self.rto_us = (rto.min(u64::from(u32::MAX)) as u32).clamp(bounds.min_us, bounds.max_us);
     }
 
     /// Doubles the RTO (RFC 6298 §5.5), up to `rto_max`.
-    pub(crate) fn back_off(&mut self, cfg: &TcpConfig) {
-        self.rto_us = self.rto_us.saturating_mul(2).min(duration_us(cfg.rto_max));
+    pub(crate) fn back_off(&mut self, bounds: RtoBounds) {
+        self.rto_us = self.rto_us.saturating_mul(2).min(bounds.max_us);
     }
 
     /// At the end of the handshake: a SYN retransmission left the RTO
@@ -334,9 +370,13 @@ impl Conn {
         }
     }
 
-    /// The current RTO.
-    pub(crate) fn rto(&self) -> Duration {
-        Duration::from_micros(u64::from(self.rto_us))
+    /// When a retransmission timer started at `now` expires.
+    #[inline]
+    pub(crate) fn rto_deadline(&self, now: Instant) -> Instant {
+        Instant::from_nanos(
+            now.as_nanos()
+                .saturating_add(u64::from(self.rto_us) * 1_000),
+        )
     }
 
     /// Receive buffer space from RCV.NXT on.
@@ -387,6 +427,23 @@ impl Conn {
         let space = self.rx_space(cfg);
         let promised = self.rcv_wnd();
         space >= promised + Self::sws_threshold(cfg) && space >= 2 * promised
+    }
+}
+
+/// [`TcpConfig::rto_min`] and [`TcpConfig::rto_max`] in microseconds,
+/// converted once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RtoBounds {
+    pub min_us: u32,
+    pub max_us: u32,
+}
+
+impl RtoBounds {
+    pub(crate) fn new(cfg: &TcpConfig) -> RtoBounds {
+        RtoBounds {
+            min_us: duration_us(cfg.rto_min),
+            max_us: duration_us(cfg.rto_max),
+        }
     }
 }
 

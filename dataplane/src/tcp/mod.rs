@@ -90,6 +90,17 @@
 //! dies after `Knock` but before `accept` is reported as `Dead` with
 //! cookie 0.
 //!
+//! Header prediction (after Van Jacobson; RFC 9293 §3.10.7.4 allows any
+//! implementation that behaves as the step-by-step processing): a segment on
+//! an ESTABLISHED connection that carries only ACK (and PSH), starts at
+//! RCV.NXT, fits the receive window, acknowledges new data or repeats
+//! SND.UNA with data of its own, announces a non-zero window that the
+//! SND.WL1/SND.WL2 rule lets update ours, and finds no recovery, persist
+//! timer or out-of-order data in progress, is
+//! handled by a straight-line path with the same effects
+//! ([`TcpStats::segs_predicted`] counts them); everything else takes the
+//! full path.
+//!
 //! Output is batched: `input`, `send`, `recv_done` and `close` only mark a
 //! connection; [`TcpStack::flush`], called once per loop turn, emits its
 //! data, FIN and (coalesced) ACKs. Timers run in [`TcpStack::poll`], which
@@ -335,6 +346,9 @@ pub enum TcpError {
 pub struct TcpStats {
     /// Segments received (all, valid or not).
     pub segs_in: u64,
+    /// Segments handled by header prediction (in-order, no surprises; see
+    /// the module docs).
+    pub segs_predicted: u64,
     /// Segments sent.
     pub segs_out: u64,
     /// Segments the IP layer could not send.

@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::conn::{duration_us, flag, Conn, State, TimerKind, TimerToken};
+use super::conn::{duration_us, flag, Conn, RtoBounds, State, TimerKind, TimerSlot, TimerToken};
 use super::isn::{initial_seq, SipKey};
 use super::list::{NodeSlab, NIL};
 use super::table::ConnTable;
@@ -54,6 +54,9 @@ pub struct TcpStack {
     fired: Vec<TimerToken>,
     rst_queue: Vec<RstSpec>,
     isn_key: SipKey,
+    rto_bounds: RtoBounds,
+    /// Header prediction on (tests turn it off to compare both paths).
+    predict: bool,
     half_open: usize,
     stats: TcpStats,
 }
@@ -98,6 +101,8 @@ impl TcpStack {
             fired: Vec::with_capacity(timers),
             rst_queue: Vec::with_capacity(RST_QUEUE),
             isn_key: key.derive(2),
+            rto_bounds: RtoBounds::new(&cfg),
+            predict: true,
             half_open: 0,
             stats: TcpStats::default(),
             cfg,
@@ -424,6 +429,15 @@ impl TcpStack {
     /// Runs due timers: retransmissions (sent at once), delayed ACKs,
     /// zero-window probes, TIME-WAIT and FIN-WAIT-2 expiry.
     pub fn poll(&mut self, now: Instant, tx: &mut dyn IpSender, events: &mut Vec<TcpEvent>) {
+        // Delayed-ACK deadlines set since the last flush are filed by the
+        // next flush; a poll coming first files them itself.
+        for i in 0..self.dirty.len() {
+            if let Some(idx) = self.conns.resolve(self.dirty[i]) {
+                if let Some(at) = self.conns.get(idx).ack.at {
+                    self.arm(idx, TimerSlot::Ack, at);
+                }
+            }
+        }
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         self.wheel.advance(now, |t| fired.push(t));
@@ -498,15 +512,15 @@ impl TcpStack {
     /// Frees a connection and everything it holds. No event.
     fn free(&mut self, idx: u32) {
         let c = self.conns.get(idx);
-        let (rtx, ack) = (c.rtx_timer, c.ack_timer);
+        let (rtx, ack) = (c.rtx.entry, c.ack.entry);
         let (tx_head, ooo, pend) = (c.tx_head, c.ooo_head, c.pend_head);
         let (half_open, backlog, port) = (
             c.has(flag::HALF_OPEN),
             c.has(flag::BACKLOG),
             c.tuple.local.port(),
         );
-        for t in [rtx, ack].into_iter().flatten() {
-            self.wheel.cancel(t);
+        for (id, _) in [rtx, ack].into_iter().flatten() {
+            self.wheel.cancel(id);
         }
         self.txq.release_list(tx_head);
         self.rxq.release_list(ooo);
@@ -573,54 +587,53 @@ impl TcpStack {
     // ----------------------------------------------------------------
     // Timers.
 
-    fn schedule(
-        &mut self,
-        idx: u32,
-        at: Instant,
-        kind: TimerKind,
-    ) -> Option<crate::timer::TimerId> {
-        let token = TimerToken {
-            idx,
-            gen: self.conns.get(idx).gen,
-            kind,
-        };
-        match self.wheel.schedule(at, token) {
-            Ok(id) => Some(id),
+    /// Sets the timer of `slot` to `at`. The wheel is touched only when
+    /// the timer has no entry or its entry is due later than `at` (see
+    /// `LazyTimer`).
+    fn arm(&mut self, idx: u32, slot: TimerSlot, at: Instant) {
+        let c = self.conns.get_mut(idx);
+        let gen = c.gen;
+        let t = c.timer_mut(slot);
+        t.at = Some(at);
+        if let Some((id, entry_at)) = t.entry {
+            if entry_at <= at {
+                return;
+            }
+            // Does nothing if the entry fired in the batch being handled:
+            // its token then finds a newer entry and is ignored.
+            self.wheel.cancel(id);
+        }
+        t.entry = match self.wheel.schedule(at, TimerToken { idx, gen, slot }) {
+            Ok(id) => Some((id, at)),
             Err(_) => {
+                t.at = None;
                 self.stats.timer_full += 1;
                 None
             }
-        }
+        };
     }
 
     /// (Re)starts the retransmission-slot timer as `kind`, `after` from now.
     fn set_rtx(&mut self, idx: u32, now: Instant, kind: TimerKind, after: std::time::Duration) {
-        self.stop_rtx(idx);
-        let id = self.schedule(idx, now + after, kind);
-        let c = self.conns.get_mut(idx);
-        c.rtx_kind = kind;
-        c.rtx_timer = id;
+        self.set_rtx_at(idx, kind, now + after);
+    }
+
+    /// (Re)starts the retransmission-slot timer as `kind`, due at `at`.
+    fn set_rtx_at(&mut self, idx: u32, kind: TimerKind, at: Instant) {
+        self.conns.get_mut(idx).rtx_kind = kind;
+        self.arm(idx, TimerSlot::Rtx, at);
     }
 
     fn stop_rtx(&mut self, idx: u32) {
-        if let Some(id) = self.conns.get_mut(idx).rtx_timer.take() {
-            self.wheel.cancel(id);
-        }
+        self.conns.get_mut(idx).rtx.at = None;
     }
 
     /// Starts the retransmission timer unless it runs.
     fn ensure_rexmit(&mut self, idx: u32, now: Instant) {
         let c = self.conns.get(idx);
-        if c.rtx_timer.is_none() || c.rtx_kind != TimerKind::Rexmit {
-            let rto = c.rto();
-            self.set_rtx(idx, now, TimerKind::Rexmit, rto);
-        }
-    }
-
-    fn start_delack(&mut self, idx: u32, now: Instant) {
-        if self.conns.get(idx).ack_timer.is_none() {
-            let id = self.schedule(idx, now + self.cfg.delayed_ack, TimerKind::DelayedAck);
-            self.conns.get_mut(idx).ack_timer = id;
+        if c.rtx.at.is_none() || c.rtx_kind != TimerKind::Rexmit {
+            let at = c.rto_deadline(now);
+            self.set_rtx_at(idx, TimerKind::Rexmit, at);
         }
     }
 
@@ -637,28 +650,34 @@ impl TcpStack {
         }) else {
             return;
         };
-        let c = self.conns.get_mut(idx);
-        // A token fired in this batch may belong to a timer replaced while
-        // an earlier token of the batch was handled: only the current,
-        // no longer pending, timer of the right kind counts.
-        if t.kind == TimerKind::DelayedAck {
-            match c.ack_timer {
-                Some(id) if !self.wheel.is_pending(id) => c.ack_timer = None,
-                _ => return,
-            }
-            c.set(flag::ACK_NOW);
-            self.output(idx, now, tx);
-            return;
-        }
-        match c.rtx_timer {
-            Some(id) if !self.wheel.is_pending(id) && c.rtx_kind == t.kind => c.rtx_timer = None,
+        let timer = self.conns.get_mut(idx).timer_mut(t.slot);
+        // A token fired in this batch may belong to an entry replaced while
+        // an earlier token of the batch was handled: only the current, no
+        // longer pending, entry counts.
+        match timer.entry {
+            Some((id, _)) if !self.wheel.is_pending(id) => timer.entry = None,
             _ => return,
         }
-        match t.kind {
-            TimerKind::Rexmit => self.on_rexmit_timeout(idx, now, tx, events),
-            TimerKind::Persist => self.on_persist_timeout(idx, now, tx),
-            TimerKind::TimeWait | TimerKind::FinWait2 => self.free(idx),
-            TimerKind::DelayedAck => unreachable!("handled above"),
+        match timer.at {
+            None => return,
+            Some(at) if at > now => {
+                // The deadline moved on since the entry was filed.
+                self.arm(idx, t.slot, at);
+                return;
+            }
+            Some(_) => timer.at = None,
+        }
+        let c = self.conns.get_mut(idx);
+        match t.slot {
+            TimerSlot::Ack => {
+                c.set(flag::ACK_NOW);
+                self.output(idx, now, tx);
+            }
+            TimerSlot::Rtx => match c.rtx_kind {
+                TimerKind::Rexmit => self.on_rexmit_timeout(idx, now, tx, events),
+                TimerKind::Persist => self.on_persist_timeout(idx, now, tx),
+                TimerKind::TimeWait | TimerKind::FinWait2 => self.free(idx),
+            },
         }
     }
 
@@ -688,7 +707,7 @@ impl TcpStack {
             return;
         }
         self.stats.rto_timeouts += 1;
-        c.back_off(cfg);
+        c.back_off(self.rto_bounds);
         c.clear(flag::RTT_TIMING);
         if opening {
             c.snd_nxt = c.iss;
@@ -802,13 +821,8 @@ impl TcpStack {
             c.rcv_acked = c.rcv_nxt;
             c.clear(flag::ACK_NOW);
         }
-        let ack_timer = if ack.is_some() {
-            c.ack_timer.take()
-        } else {
-            None
-        };
-        if let Some(t) = ack_timer {
-            self.wheel.cancel(t);
+        if ack.is_some() {
+            c.ack.at = None;
         }
         let txq = &self.txq;
         let sent = tx.send_tcp(src, dst, repr.segment_len(), &mut |buf: &mut [u8]| {
@@ -854,11 +868,20 @@ impl TcpStack {
         }
     }
 
-    /// Everything connection `idx` has to send now. Pure ACKs carry
-    /// SND.MAX, not SND.NXT: after a timeout rewinds SND.NXT, the peer may
-    /// already have everything up to SND.MAX and would find an older
-    /// sequence number unacceptable and drop the ACK (as BSD does).
+    /// Everything connection `idx` has to send now, then the delayed-ACK
+    /// timer if an ACK is still owed.
     fn output(&mut self, idx: u32, now: Instant, tx: &mut dyn IpSender) {
+        self.output_segments(idx, now, tx);
+        if let Some(at) = self.conns.get(idx).ack.at {
+            self.arm(idx, TimerSlot::Ack, at);
+        }
+    }
+
+    /// The segments of [`output`](Self::output). Pure ACKs carry SND.MAX,
+    /// not SND.NXT: after a timeout rewinds SND.NXT, the peer may already
+    /// have everything up to SND.MAX and would find an older sequence
+    /// number unacceptable and drop the ACK (as BSD does).
+    fn output_segments(&mut self, idx: u32, now: Instant, tx: &mut dyn IpSender) {
         let c = self.conns.get(idx);
         match c.state {
             State::Closed => return,
@@ -1010,10 +1033,10 @@ impl TcpStack {
         if c.snd_wnd == 0
             && c.data_end() > c.snd_nxt
             && c.snd_nxt == c.snd_una
-            && c.rtx_timer.is_none()
+            && c.rtx.at.is_none()
         {
-            let rto = c.rto();
-            self.set_rtx(idx, now, TimerKind::Persist, rto);
+            let at = c.rto_deadline(now);
+            self.set_rtx_at(idx, TimerKind::Persist, at);
         }
     }
 
@@ -1164,7 +1187,7 @@ impl TcpStack {
         }
         if c.has(flag::RTT_TIMING) && ack >= c.rtt_seq {
             c.clear(flag::RTT_TIMING);
-            c.rtt_sample(now - c.rtt_start, cfg);
+            c.rtt_sample(now, self.rto_bounds);
         }
         c.state = State::Established;
         c.cwnd = c.initial_window();
@@ -1223,6 +1246,11 @@ impl TcpStack {
                 return;
             }
             _ => {}
+        }
+
+        if self.predict && self.predicted(c, repr) {
+            self.stats.segs_predicted += 1;
+            return self.fast_input(idx, now, repr, segment, hdr_len, events);
         }
 
         // First: sequence number acceptability.
@@ -1312,6 +1340,98 @@ impl TcpStack {
         self.mark_dirty(idx);
     }
 
+    /// Header prediction: whether the full processing of `repr` on `c`
+    /// would be the straight line of [`fast_input`](Self::fast_input).
+    #[inline]
+    fn predicted(&self, c: &Conn, repr: &TcpRepr) -> bool {
+        let Some(ack) = repr.ack else {
+            return false;
+        };
+        let len = repr.payload_len as u32;
+        c.state == State::Established
+            && repr.flags.without(TcpFlags::PSH) == TcpFlags::EMPTY
+            && repr.seq == c.rcv_nxt
+            && len <= c.rcv_wnd()
+            && (ack > c.snd_una || (ack == c.snd_una && len > 0))
+            && ack <= c.snd_max
+            && (c.snd_wl1 < repr.seq || (c.snd_wl1 == repr.seq && c.snd_wl2 <= ack))
+            && repr.window != 0
+            && c.snd_wnd != 0
+            && c.rtx_kind == TimerKind::Rexmit
+            && c.flags & (flag::RECOVERY | flag::OOO_FIN | flag::FIN_QUEUED) == 0
+            && c.ooo_head == NIL
+    }
+
+    /// A predicted segment (see [`predicted`](Self::predicted)): the
+    /// effects of the ACK, window and text checks of RFC 9293 §3.10.7.4
+    /// for a segment that passes every check the common way.
+    fn fast_input(
+        &mut self,
+        idx: u32,
+        now: Instant,
+        repr: &TcpRepr,
+        segment: &PktBuf,
+        hdr_len: usize,
+        events: &mut Vec<TcpEvent>,
+    ) {
+        let ack = repr.ack.unwrap_or(repr.seq);
+        let c = self.conns.get_mut(idx);
+        if ack > c.snd_una {
+            let acked = ack.since(c.snd_una);
+            if c.has(flag::RTT_TIMING) && ack >= c.rtt_seq {
+                c.clear(flag::RTT_TIMING);
+                c.rtt_sample(now, self.rto_bounds);
+            }
+            c.dupacks = 0;
+            let mss = u32::from(c.snd_mss);
+            if c.cwnd < c.ssthresh {
+                c.cwnd = c.cwnd.saturating_add(acked.min(mss));
+            } else {
+                let inc = u64::from(mss) * u64::from(mss) / u64::from(c.cwnd.max(1));
+                c.cwnd = c.cwnd.saturating_add((inc as u32).max(1));
+            }
+            c.snd_una = ack;
+            if c.snd_nxt < ack {
+                c.snd_nxt = ack;
+            }
+            c.retries = 0;
+            let (cookie, owned) = (c.cookie, c.app_owned());
+            self.release_acked(idx, acked);
+            if owned {
+                events.push(TcpEvent::Sent {
+                    conn: self.conns.id(idx),
+                    cookie,
+                    acked,
+                });
+            }
+            let c = self.conns.get(idx);
+            if c.snd_una == c.snd_max {
+                self.stop_rtx(idx);
+            } else {
+                let at = c.rto_deadline(now);
+                self.set_rtx_at(idx, TimerKind::Rexmit, at);
+            }
+        }
+        // The window update (its WL1/WL2 rule checked by `predicted`); the
+        // persist timer is not running.
+        let c = self.conns.get_mut(idx);
+        let seg_wnd = u32::from(repr.window) << c.snd_wscale;
+        c.snd_wnd = seg_wnd;
+        c.snd_wl1 = repr.seq;
+        c.snd_wl2 = ack;
+        c.max_sndwnd = c.max_sndwnd.max(seg_wnd);
+        if repr.payload_len > 0 {
+            self.deliver(idx, segment.slice(hdr_len, repr.payload_len), events);
+            let c = self.conns.get_mut(idx);
+            if c.rcv_nxt.since(c.rcv_acked) >= 2 * u32::from(self.cfg.mss) {
+                c.set(flag::ACK_NOW);
+            } else if c.ack.at.is_none() {
+                c.ack.at = Some(now + self.cfg.delayed_ack);
+            }
+        }
+        self.mark_dirty(idx);
+    }
+
     fn challenge_ack(&mut self, idx: u32) {
         self.stats.challenge_acks += 1;
         self.conns.get_mut(idx).set(flag::ACK_NOW);
@@ -1363,7 +1483,7 @@ impl TcpStack {
         }
         if c.has(flag::RTT_TIMING) && ack >= c.rtt_seq {
             c.clear(flag::RTT_TIMING);
-            c.rtt_sample(now - c.rtt_start, cfg);
+            c.rtt_sample(now, self.rto_bounds);
         }
         c.state = State::Established;
         c.cwnd = c.initial_window();
@@ -1403,7 +1523,6 @@ impl TcpStack {
         ack: SeqNum,
         events: &mut Vec<TcpEvent>,
     ) -> bool {
-        let cfg = &self.cfg;
         let c = self.conns.get_mut(idx);
         if ack > c.snd_max {
             // Acknowledges something never sent.
@@ -1431,7 +1550,7 @@ impl TcpStack {
             };
             if c.has(flag::RTT_TIMING) && ack >= c.rtt_seq {
                 c.clear(flag::RTT_TIMING);
-                c.rtt_sample(now - c.rtt_start, cfg);
+                c.rtt_sample(now, self.rto_bounds);
             }
             let mut restart_timer = true;
             if c.has(flag::RECOVERY) {
@@ -1481,8 +1600,8 @@ impl TcpStack {
                     self.stop_rtx(idx);
                 }
             } else if restart_timer {
-                let rto = c.rto();
-                self.set_rtx(idx, now, TimerKind::Rexmit, rto);
+                let at = c.rto_deadline(now);
+                self.set_rtx_at(idx, TimerKind::Rexmit, at);
             }
         } else if ack == c.snd_una
             && repr.payload_len == 0
@@ -1515,7 +1634,7 @@ impl TcpStack {
             c.snd_wl1 = repr.seq;
             c.snd_wl2 = ack;
             c.max_sndwnd = c.max_sndwnd.max(seg_wnd);
-            if seg_wnd > 0 && c.rtx_kind == TimerKind::Persist && c.rtx_timer.is_some() {
+            if seg_wnd > 0 && c.rtx_kind == TimerKind::Persist && c.rtx.at.is_some() {
                 c.retries = 0;
                 self.stop_rtx(idx);
             }
@@ -1651,8 +1770,10 @@ impl TcpStack {
         let c = self.conns.get_mut(idx);
         if ack_now || c.rcv_nxt.since(c.rcv_acked) >= 2 * u32::from(self.cfg.mss) {
             c.set(flag::ACK_NOW);
-        } else if c.rcv_nxt != c.rcv_acked && !c.has(flag::ACK_NOW) {
-            self.start_delack(idx, now);
+        } else if c.rcv_nxt != c.rcv_acked && c.ack.at.is_none() {
+            // The delayed ACK's deadline only: `output` files it in the
+            // wheel unless a reply in this loop turn carries the ACK.
+            c.ack.at = Some(now + self.cfg.delayed_ack);
         }
     }
 
@@ -1858,6 +1979,11 @@ impl TcpStack {
     /// Read access to a connection, for tests.
     pub(crate) fn conn_by_tuple(&self, tuple: &FourTuple) -> Option<&Conn> {
         self.conns.lookup(tuple).map(|i| self.conns.get(i))
+    }
+
+    /// Turns header prediction on or off, for tests comparing both paths.
+    pub(crate) fn set_header_prediction(&mut self, on: bool) {
+        self.predict = on;
     }
 
     /// Write access to a connection, for tests that set up a state.

@@ -972,6 +972,79 @@ fn reply_data_carries_the_ack() {
 }
 
 #[test]
+fn delayed_ack_rearmed_after_a_reply_waits_its_full_delay() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    t.inject(PISS + 1, Some(our), ACK, 100, b"ping");
+    t.s.send(conn, &[TxBuf::from_static(b"pong")]).unwrap();
+    t.flush();
+    assert_eq!(t.one_out().ack(), PISS + 5, "the reply stops the timer");
+    // The stopped timer's wheel entry (due 500 µs after "ping") is still
+    // filed; the new delayed ACK must wait 500 µs after "more".
+    t.wait(Duration::from_micros(300));
+    t.inject(PISS + 5, Some(our + 4), ACK, 100, b"more");
+    t.wait(Duration::from_micros(250));
+    assert!(t.out().is_empty(), "not due before 500 µs after the data");
+    t.wait(Duration::from_micros(200));
+    assert!(t.out().is_empty());
+    t.wait(Duration::from_micros(100));
+    assert_eq!(t.one_out().ack(), PISS + 9);
+}
+
+#[test]
+fn restarted_rexmit_timer_fires_at_the_later_deadline() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    t.s.send(
+        conn,
+        &[TxBuf::from_static(b"first"), TxBuf::from_static(b"second")],
+    )
+    .unwrap();
+    t.flush();
+    assert_eq!(t.one_out().payload, b"firstsecond");
+    // A partial ACK at 150 ms restarts the RTO (200 ms) from then.
+    t.wait(Duration::from_millis(150));
+    t.inject(PISS + 1, Some(our + 5), ACK, 1024, &[]);
+    t.flush();
+    assert!(t.out().is_empty());
+    t.wait(Duration::from_millis(100));
+    assert!(t.out().is_empty(), "the first deadline (200 ms) has moved");
+    t.wait(Duration::from_millis(99));
+    assert!(t.out().is_empty());
+    t.wait(Duration::from_millis(2));
+    let o = t.one_out();
+    assert_eq!((o.seq(), o.payload.as_slice()), (our + 5, &b"second"[..]));
+    assert_eq!(t.s.stats().rto_timeouts, 1);
+}
+
+#[test]
+fn request_reply_exchange_reuses_its_wheel_entries() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    let mut entries = None;
+    for i in 0..50u32 {
+        t.inject(PISS + 1 + 4 * i, Some(our + 4 * i), ACK, 100, b"ping");
+        t.s.send(conn, &[TxBuf::from_static(b"pong")]).unwrap();
+        t.flush();
+        let o = t.one_out();
+        assert_eq!((o.seq(), o.ack()), (our + 4 * i, PISS + 5 + 4 * i));
+        t.wait(Duration::from_micros(20));
+        let c = t.conn();
+        assert!(c.rtx.at.is_some() && c.ack.at.is_none());
+        // Restarting the RTO touches no wheel entry until it fires; the
+        // delayed ACK, carried by the reply, is never filed.
+        assert!(c.rtx.entry.is_some() && c.ack.entry.is_none(), "round {i}");
+        assert!(
+            entries.is_none() || entries == Some(c.rtx.entry),
+            "round {i}"
+        );
+        entries = Some(c.rtx.entry);
+    }
+    assert!(t.out().is_empty(), "no stray delayed ACK");
+    assert_eq!(t.s.stats().rto_timeouts, 0);
+}
+
+#[test]
 fn established_rst_exact_resets_and_in_window_gets_challenge_ack() {
     let mut t = T::listening();
     let (conn, our) = t.established();
@@ -1421,4 +1494,190 @@ fn connection_state_fits_in_256_bytes() {
     let size = std::mem::size_of::<Conn>();
     eprintln!("size_of::<Conn>() = {size} bytes");
     assert!(size <= 256, "Conn is {size} bytes");
+}
+
+// ------------------------------------------------- HEADER PREDICTION
+
+#[test]
+fn header_prediction_takes_in_order_data_and_new_acks() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    for i in 0..10u32 {
+        t.inject(PISS + 1 + 4 * i, Some(our + 4 * i), ACK, 1024, b"ping");
+        t.s.send(conn, &[TxBuf::from_static(b"pong")]).unwrap();
+        t.flush();
+        assert_eq!(t.one_out().ack(), PISS + 5 + 4 * i);
+    }
+    assert_eq!(
+        t.s.stats().segs_predicted,
+        10,
+        "the window (1024 << 7) is unchanged"
+    );
+    // A pure ACK of new data is predicted too.
+    t.inject(PISS + 41, Some(our + 40), ACK, 1024, &[]);
+    assert_eq!(t.s.stats().segs_predicted, 11);
+    assert_eq!(t.conn().snd_una.0, our + 40);
+}
+
+#[test]
+fn header_prediction_skips_segments_with_surprises() {
+    /// An established connection (window 1024 << 7 from the peer) with 10
+    /// bytes in flight; returns it and our first data sequence number.
+    fn setup(recv_buffer: u32) -> (T, u32) {
+        let mut t = T::new(TcpConfig {
+            recv_buffer,
+            ..test_config()
+        });
+        t.s.listen(PORT).unwrap();
+        let (conn, our) = t.established();
+        t.s.send(conn, &[TxBuf::from_static(b"0123456789")])
+            .unwrap();
+        t.flush();
+        t.out();
+        (t, our)
+    }
+    let p = PISS + 1;
+    let big = test_config().recv_buffer;
+    /// Case, receive buffer, seq, ack offset, flags, window, payload.
+    type Case<'a> = (&'a str, u32, u32, u32, TcpFlags, u16, &'a [u8]);
+    let cases: [Case; 11] = [
+        ("FIN", big, p, 1, FIN, 1024, b"x"),
+        ("URG", big, p, 1, TcpFlags::URG, 1024, b"x"),
+        ("out of order", big, p + 10, 1, ACK, 1024, b"x"),
+        ("old data", big, p - 5, 1, ACK, 1024, b"x"),
+        ("window grows", big, p, 1, ACK, 1100, b"x"),
+        ("zero window", big, p, 1, ACK, 0, b"x"),
+        ("ACK of unsent data", big, p, 11, ACK, 1024, b"x"),
+        ("duplicate ACK", big, p, 0, ACK, 1024, b""),
+        ("beyond the window", 1000, p, 1, ACK, 1024, &[0; 1200]),
+        ("in order", big, p, 1, ACK, 1024, b"x"),
+        ("in order, window shrinks", big, p, 1, ACK, 1000, b"x"),
+    ];
+    for (what, recv_buffer, seq, ack, flags, window, data) in cases {
+        let (mut t, our) = setup(recv_buffer);
+        t.inject(seq, Some(our + ack), flags, window, data);
+        let want = u64::from(what.starts_with("in order") || what == "window grows");
+        assert_eq!(t.s.stats().segs_predicted, want, "{what}");
+    }
+    // With out-of-order data held, even an in-order segment takes the
+    // full path (it fills the gap).
+    let (mut t, our) = setup(big);
+    t.inject(p + 1, Some(our + 10), ACK, 1024, b"y");
+    t.inject(p, Some(our + 10), ACK, 1024, b"x");
+    assert_eq!(t.s.stats().segs_predicted, 0);
+    assert_eq!(recv_bytes(&t.events()), b"xy");
+}
+
+/// The same seeded mix of segments, sends, releases and waits through a
+/// stack with header prediction and one without: identical segments,
+/// events and connection state after every step.
+#[test]
+fn header_prediction_matches_the_full_path() {
+    fn sig(ev: Vec<TcpEvent>) -> Vec<String> {
+        ev.into_iter()
+            .map(|e| match e {
+                TcpEvent::Recv { conn, data, .. } => format!("Recv {conn:?} {:?}", data.data()),
+                e => format!("{e:?}"),
+            })
+            .collect()
+    }
+    for seed in 1..=8u32 {
+        let mut x = seed.wrapping_mul(0x9e37_79b9) | 1;
+        let mut rnd = move |n: u32| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x % n
+        };
+        let mut a = T::listening();
+        let mut b = T::listening();
+        b.s.set_header_prediction(false);
+        let (ca, our) = a.established();
+        let (cb, _) = b.established();
+        let (mut pseq, mut acked, mut sent_hi, mut window) = (PISS + 1, our, our, 1024u16);
+        let mut held = 0usize;
+        let payload = vec![0x5au8; 3000];
+        for step in 0..400 {
+            match rnd(10) {
+                0 | 1 => {
+                    let n = 1 + rnd(3000) as usize;
+                    let buf = TxBuf::from_vec(payload[..n].to_vec());
+                    assert_eq!(
+                        a.s.send(ca, std::slice::from_ref(&buf)),
+                        b.s.send(cb, &[buf])
+                    );
+                }
+                2..=5 => {
+                    // Mostly in order, sometimes a gap, an old segment or
+                    // a window change; ACKs move forward within what we
+                    // sent.
+                    let len = [0, 1, 64, 700, 1460][rnd(5) as usize];
+                    let seq = match rnd(12) {
+                        0 => pseq + 100,
+                        1 => pseq.wrapping_sub(len + 1),
+                        _ => pseq,
+                    };
+                    if rnd(8) == 0 {
+                        window = [0, 512, 1024, 4096][rnd(4) as usize];
+                    }
+                    if sent_hi > acked && rnd(3) != 0 {
+                        acked = acked + 1 + rnd(sent_hi - acked);
+                    }
+                    let data = &payload[..len as usize];
+                    a.inject(seq, Some(acked), ACK, window, data);
+                    b.inject(seq, Some(acked), ACK, window, data);
+                    if seq == pseq {
+                        pseq += len;
+                    }
+                }
+                6 => {
+                    let d = Duration::from_micros(100 * u64::from(1 + rnd(3000)));
+                    a.now = a.now + d;
+                    b.now = b.now + d;
+                    a.s.poll(a.now, &mut a.wire, &mut a.ev);
+                    b.s.poll(b.now, &mut b.wire, &mut b.ev);
+                }
+                _ => {
+                    if held > 0 {
+                        let n = 1 + rnd(held as u32) as usize;
+                        assert_eq!(a.s.recv_done(ca, n), b.s.recv_done(cb, n));
+                    }
+                }
+            }
+            a.flush();
+            b.flush();
+            let (oa, ob) = (
+                std::mem::take(&mut a.wire.out),
+                std::mem::take(&mut b.wire.out),
+            );
+            assert_eq!(oa, ob, "seed {seed} step {step}: segments");
+            for o in &oa {
+                let p = TcpPacket::new_checked(&o[..]).unwrap();
+                let end = p.seq_number() + p.payload().len() as u32;
+                if end > SeqNum(sent_hi) {
+                    sent_hi = end.0;
+                }
+            }
+            let (ea, eb) = (sig(a.events()), sig(b.events()));
+            assert_eq!(ea, eb, "seed {seed} step {step}: events");
+            held =
+                a.s.conn_by_tuple(&tuple())
+                    .map_or(0, |c| c.rx_held as usize);
+            assert_eq!(
+                format!("{:?}", a.s.conn_by_tuple(&tuple())),
+                format!("{:?}", b.s.conn_by_tuple(&tuple())),
+                "seed {seed} step {step}: connection"
+            );
+        }
+        assert!(
+            a.s.stats().segs_predicted > 20,
+            "seed {seed}: {:?}",
+            a.s.stats()
+        );
+        assert_eq!(b.s.stats().segs_predicted, 0);
+        let (mut sa, mut sb) = (a.s.stats(), b.s.stats());
+        sa.segs_predicted = 0;
+        sb.segs_predicted = 0;
+        assert_eq!(sa, sb, "seed {seed}: counters");
+    }
 }
