@@ -2,7 +2,10 @@
 //! memory, handed around as reference-counted [`PktBuf`] handles.
 //!
 //! A pool belongs to one elastic thread (it is `!Send`): reference counts
-//! and the free list are plain cells, no atomics or locks. A buffer is
+//! and the free list are plain cells, no atomics or locks. A handle holds
+//! a raw pointer to its pool, not an `Rc`: the pool's `Rc` count is taken
+//! once when a slot leaves the free list and given back when it returns,
+//! so cloning and dropping handles touches only the slot's count. A buffer is
 //! identified across processes by its descriptor `(pool id, index, offset,
 //! len)`; inside the dataplane a [`PktBuf`] is such a descriptor plus a
 //! handle that returns the slot to its pool when the last reference drops.
@@ -20,8 +23,9 @@
 //! that). The memory is never writable by another process while a handle
 //! exists: pools are mapped by peers only read-only, or not at all.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
+use std::ptr::NonNull;
 use std::rc::Rc;
 
 use crate::mem::{MemError, SharedMem};
@@ -46,11 +50,46 @@ pub struct PoolStats {
 
 struct PoolInner {
     mem: SharedMem,
+    /// Start of `mem` (cached: the hot path needs only this).
+    base: NonNull<u8>,
     id: u16,
     capacity: u32,
-    free: RefCell<Vec<u32>>,
+    /// Stack of free slot indices: `free[..top]`.
+    free: Box<[Cell<u32>]>,
+    top: Cell<u32>,
+    /// Handles per slot; 0 for a free slot.
     refs: Box<[Cell<u16>]>,
     exhausted: Cell<u64>,
+}
+
+impl PoolInner {
+    /// The reference count of slot `idx`.
+    #[inline]
+    fn refs(&self, idx: u32) -> &Cell<u16> {
+        debug_assert!(idx < self.capacity);
+        // SAFETY: callers pass the index of a live handle, which came off
+        // the free stack, whose entries are all below `capacity` (filled
+        // with `0..capacity` in `from_mem`, pushed back only by handles);
+        // `refs` has `capacity` elements.
+        unsafe { self.refs.get_unchecked(idx as usize) }
+    }
+
+    /// Pops a free slot.
+    #[inline]
+    fn pop(&self) -> Option<u32> {
+        let top = self.top.get().checked_sub(1)?;
+        self.top.set(top);
+        Some(self.free[top as usize].get())
+    }
+
+    /// Pushes a slot whose last handle dropped. The stack cannot be full:
+    /// the slot was taken off it and is pushed back once.
+    #[inline]
+    fn push(&self, idx: u32) {
+        let top = self.top.get();
+        self.free[top as usize].set(idx);
+        self.top.set(top + 1);
+    }
 }
 
 /// A pool of fixed-size packet buffers in one shared memory region.
@@ -66,7 +105,7 @@ impl fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("id", &self.inner.id)
             .field("capacity", &self.inner.capacity)
-            .field("free", &self.inner.free.borrow().len())
+            .field("free", &self.inner.top.get())
             .finish()
     }
 }
@@ -88,14 +127,17 @@ impl Pool {
         assert!(mem.len() >= count as usize * BUF_SIZE, "region too small");
         assert!(count > 0 && count < u32::MAX, "pool size out of range");
         // Lowest indices on top of the stack: allocation order is 0, 1, 2…
-        let free: Vec<u32> = (0..count).rev().collect();
+        let free = (0..count).rev().map(Cell::new).collect();
         let refs = (0..count).map(|_| Cell::new(0)).collect();
+        let base = NonNull::new(mem.as_ptr()).expect("a mapping is never at address 0");
         Pool {
             inner: Rc::new(PoolInner {
                 mem,
+                base,
                 id,
                 capacity: count,
-                free: RefCell::new(free),
+                free,
+                top: Cell::new(count),
                 refs,
                 exhausted: Cell::new(0),
             }),
@@ -106,13 +148,17 @@ impl Pool {
     /// the headroom. `None` when the pool is exhausted (counted).
     #[inline]
     pub fn alloc(&self) -> Option<PktBuf> {
-        let Some(idx) = self.inner.free.borrow_mut().pop() else {
+        let Some(idx) = self.inner.pop() else {
             self.inner.exhausted.set(self.inner.exhausted.get() + 1);
             return None;
         };
-        self.inner.refs[idx as usize].set(1);
+        self.inner.refs(idx).set(1);
+        // The slot's share of the pool: one strong count while it is out,
+        // given back by the drop of its last handle.
+        let pool = Rc::into_raw(self.inner.clone());
         Some(PktBuf {
-            pool: self.inner.clone(),
+            // SAFETY: `Rc::into_raw` never returns null.
+            pool: unsafe { NonNull::new_unchecked(pool.cast_mut()) },
             idx,
             off: BUF_HEADROOM as u16,
             len: 0,
@@ -131,7 +177,7 @@ impl Pool {
 
     /// Number of free slots.
     pub fn available(&self) -> u32 {
-        self.inner.free.borrow().len() as u32
+        self.inner.top.get()
     }
 
     /// Counters.
@@ -150,7 +196,7 @@ impl Pool {
 
     /// Whether `buf` belongs to this pool.
     pub fn owns(&self, buf: &PktBuf) -> bool {
-        Rc::ptr_eq(&self.inner, &buf.pool)
+        std::ptr::eq(Rc::as_ptr(&self.inner), buf.pool.as_ptr())
     }
 }
 
@@ -159,7 +205,9 @@ impl Pool {
 /// Cloning shares the slot (no copy); the slot returns to its pool when the
 /// last handle drops. Handles are `!Send`: a buffer stays on its core.
 pub struct PktBuf {
-    pool: Rc<PoolInner>,
+    /// The pool, kept alive by the strong count the slot holds while its
+    /// reference count is non-zero (see [`Pool::alloc`]).
+    pool: NonNull<PoolInner>,
     idx: u32,
     off: u16,
     len: u16,
@@ -168,7 +216,7 @@ pub struct PktBuf {
 impl fmt::Debug for PktBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PktBuf")
-            .field("pool", &self.pool.id)
+            .field("pool", &self.inner().id)
             .field("idx", &self.idx)
             .field("off", &self.off)
             .field("len", &self.len)
@@ -179,14 +227,14 @@ impl fmt::Debug for PktBuf {
 impl Clone for PktBuf {
     #[inline]
     fn clone(&self) -> Self {
-        let r = &self.pool.refs[self.idx as usize];
+        let r = self.inner().refs(self.idx);
         r.set(
             r.get()
                 .checked_add(1)
                 .expect("buffer reference count overflow"),
         );
         PktBuf {
-            pool: self.pool.clone(),
+            pool: self.pool,
             idx: self.idx,
             off: self.off,
             len: self.len,
@@ -197,22 +245,40 @@ impl Clone for PktBuf {
 impl Drop for PktBuf {
     #[inline]
     fn drop(&mut self) {
-        let r = &self.pool.refs[self.idx as usize];
+        let inner = self.inner();
+        let r = inner.refs(self.idx);
         let n = r.get() - 1;
         r.set(n);
         if n == 0 {
-            self.pool.free.borrow_mut().push(self.idx);
+            inner.push(self.idx);
+            // SAFETY: the pointer came from `Rc::into_raw` in `Pool::alloc`
+            // when this slot left the free stack, and that strong count is
+            // given back exactly once, here, as the slot returns (its last
+            // handle drops). `inner` is not used afterwards.
+            unsafe { Rc::decrement_strong_count(self.pool.as_ptr().cast_const()) };
         }
     }
 }
 
 impl PktBuf {
+    /// The pool this handle's slot belongs to.
+    #[inline]
+    fn inner(&self) -> &PoolInner {
+        // SAFETY: the slot holds a strong count of the pool's `Rc` while
+        // its reference count is non-zero, which it is while this handle
+        // exists (see `Pool::alloc` and `Drop`), so the pointee is alive;
+        // only shared references to it are ever made (its mutable state is
+        // in cells), and it is `!Sync` like the handle, so no other thread
+        // touches it.
+        unsafe { self.pool.as_ref() }
+    }
+
     #[inline]
     fn slot_ptr(&self) -> *mut u8 {
         // SAFETY: idx < capacity and the region holds capacity * BUF_SIZE
         // bytes (checked in `Pool::from_mem`), so the offset stays inside
         // the mapping.
-        unsafe { self.pool.mem.as_ptr().add(self.idx as usize * BUF_SIZE) }
+        unsafe { self.inner().base.as_ptr().add(self.idx as usize * BUF_SIZE) }
     }
 
     /// The bytes of the window.
@@ -248,7 +314,7 @@ impl PktBuf {
     /// Whether this handle is the only reference to its slot.
     #[inline]
     pub fn is_unique(&self) -> bool {
-        self.pool.refs[self.idx as usize].get() == 1
+        self.inner().refs(self.idx).get() == 1
     }
 
     /// Offset of the window within the slot.
@@ -278,7 +344,7 @@ impl PktBuf {
     /// Id of the owning pool.
     #[inline]
     pub fn pool_id(&self) -> u16 {
-        self.pool.id
+        self.inner().id
     }
 
     /// Bytes of headroom in front of the window.
@@ -399,6 +465,35 @@ mod tests {
         assert_eq!(p.available(), 0, "the view still holds the slot");
         drop(view);
         assert_eq!(p.available(), 1);
+    }
+
+    #[test]
+    fn buffers_outlive_the_last_pool_handle() {
+        let p = pool(2);
+        let mut b = p.alloc().unwrap();
+        assert!(b.extend_from_slice(b"still here"));
+        let c = b.slice(0, 5);
+        let weak = Rc::downgrade(&p.inner);
+        drop(p);
+        drop(b);
+        assert_eq!(c.data(), b"still");
+        assert_eq!(c.pool_id(), 7);
+        drop(c);
+        assert!(weak.upgrade().is_none(), "the last slot frees the pool");
+    }
+
+    #[test]
+    fn outstanding_slots_hold_the_pool_once_each() {
+        let p = pool(4);
+        let a = p.alloc().unwrap();
+        let views: Vec<_> = (0..5).map(|_| a.clone()).collect();
+        let b = p.alloc().unwrap();
+        assert_eq!(Rc::strong_count(&p.inner), 3, "the handle and two slots");
+        drop((a, views));
+        assert_eq!(Rc::strong_count(&p.inner), 2);
+        drop(b);
+        assert_eq!(Rc::strong_count(&p.inner), 1);
+        assert_eq!(p.available(), 4);
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! No locks, no allocation and no system calls in steady state: buffers
 //! come from the queue's pool, the event and TX arrays are reused, and the
 //! only shared state (counters for the control plane) is written with
-//! relaxed atomics.
+//! relaxed atomic loads and stores (single writer, no locked
+//! read-modify-write).
 
 use std::cell::RefCell;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -62,7 +63,9 @@ pub struct CoreConfig {
 }
 
 /// Counters of one elastic thread, readable from other threads (the
-/// control plane's stats page) while the thread runs.
+/// control plane's stats page) while the thread runs. Only the elastic
+/// thread writes them: it adds with a relaxed load and store, not a locked
+/// read-modify-write, so another writer's updates could be lost.
 #[derive(Debug, Default)]
 pub struct CoreCounters {
     /// Frames received.
@@ -356,25 +359,35 @@ pub trait Handler {
     fn handle(&mut self, core: &mut Core, events: &mut Vec<AppEvent>);
 }
 
+/// Adds `n` to a counter that only this thread writes: a relaxed load and
+/// store instead of a locked read-modify-write on every loop turn. Readers
+/// on other threads still see each value whole and never going back.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
 /// Turns TCP's events into the application's, wrapping received data in
 /// views that release their bytes when dropped.
 #[inline]
 fn convert_events(tcp: &mut Vec<TcpEvent>, app: &mut Vec<AppEvent>, released: &Rc<ReleaseQueue>) {
-    for ev in tcp.drain(..) {
-        app.push(match ev {
-            TcpEvent::Knock { conn, tuple } => AppEvent::Knock { conn, tuple },
-            TcpEvent::Connected { conn, result, .. } => AppEvent::Connected { conn, result },
-            TcpEvent::Recv { conn, data, .. } => AppEvent::Recv {
-                data: RxView {
-                    data,
-                    conn,
-                    released: released.clone(),
-                },
+    // One capacity check for the whole batch (the drain's length is exact).
+    app.extend(tcp.drain(..).map(|ev| match ev {
+        TcpEvent::Knock { conn, tuple } => AppEvent::Knock { conn, tuple },
+        TcpEvent::Connected { conn, result, .. } => AppEvent::Connected { conn, result },
+        TcpEvent::Recv { conn, data, .. } => AppEvent::Recv {
+            data: RxView {
+                data,
+                conn,
+                released: released.clone(),
             },
-            TcpEvent::Sent { conn, acked, .. } => AppEvent::Sent { conn, acked },
-            TcpEvent::Dead { conn, reason, .. } => AppEvent::Dead { conn, reason },
-        });
-    }
+        },
+        TcpEvent::Sent { conn, acked, .. } => AppEvent::Sent { conn, acked },
+        TcpEvent::Dead { conn, reason, .. } => AppEvent::Dead { conn, reason },
+    }));
 }
 
 /// One elastic thread's state: the [`Core`] plus the loop's scratch arrays.
@@ -487,9 +500,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
         // arrived before the accept, which is handed over in the same turn
         let had_events = !self.events.is_empty();
         while !self.events.is_empty() {
-            self.counters
-                .events
-                .fetch_add(self.events.len() as u64, Ordering::Relaxed);
+            bump(&self.counters.events, self.events.len() as u64);
             handler.handle(core, &mut self.events);
             self.events.clear();
             convert_events(&mut core.late_events, &mut self.events, &core.released);
@@ -502,14 +513,12 @@ impl<Q: QueuePair> ElasticThread<Q> {
         let sent = self.flush_tx();
 
         if n > 0 {
-            self.counters.batches.fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .rx_packets
-                .fetch_add(n as u64, Ordering::Relaxed);
+            bump(&self.counters.batches, 1);
+            bump(&self.counters.rx_packets, n as u64);
         }
         let busy = n > 0 || had_events || sent > 0;
         if !busy {
-            self.counters.idle_loops.fetch_add(1, Ordering::Relaxed);
+            bump(&self.counters.idle_loops, 1);
             std::hint::spin_loop();
         }
         busy
@@ -519,9 +528,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
         let mut sent = 0;
         if !self.core.tx.is_empty() {
             sent = self.queue.tx_burst(&mut self.core.tx);
-            self.counters
-                .tx_packets
-                .fetch_add(sent as u64, Ordering::Relaxed);
+            bump(&self.counters.tx_packets, sent as u64);
         }
         sent
     }

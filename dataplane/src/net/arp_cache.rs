@@ -145,6 +145,9 @@ pub struct ArpCache {
     bits: u32,
     seed: u32,
     len: usize,
+    /// Bumped whenever an entry is added, changed or removed: lets a
+    /// caller cache what [`ArpCache::stable_hit`] said about an address.
+    generation: u64,
     resolutions: Vec<Resolution>,
     pending: VecDeque<(Ipv4Addr, PktBuf)>,
     stats: ArpCacheStats,
@@ -164,6 +167,7 @@ impl ArpCache {
             bits: table_len.trailing_zeros(),
             seed: rand::random(),
             len: 0,
+            generation: 0,
             resolutions: Vec::with_capacity(cfg.pending_total),
             pending: VecDeque::with_capacity(cfg.pending_total),
             stats: ArpCacheStats::default(),
@@ -235,6 +239,7 @@ impl ArpCache {
         }
         self.slots[i] = None;
         self.len -= 1;
+        self.generation += 1;
     }
 
     /// Puts a new entry (whose address is absent) into the table, evicting
@@ -261,6 +266,7 @@ impl ArpCache {
         }
         self.slots[i] = Some(entry);
         self.len += 1;
+        self.generation += 1;
         true
     }
 
@@ -271,6 +277,31 @@ impl ArpCache {
             Some(t) if now >= t => None,
             _ => Some(e.mac),
         }
+    }
+
+    /// Changes whenever an entry is added, changed or removed (never
+    /// repeats).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The MAC of `ip` and the instant until which [`lookup`](Self::lookup)
+    /// of `ip` is a plain [`Lookup::Hit`] of that MAC with no side effect,
+    /// as long as [`generation`](Self::generation) does not change: the
+    /// end of the entry's life minus `refresh_before` (static entries: the
+    /// end of time). `None` if there is no entry or that instant is not
+    /// after `now`. Lets a sender cache the next hop's MAC.
+    pub fn stable_hit(&self, ip: Ipv4Addr, now: Instant) -> Option<(EthernetAddress, Instant)> {
+        let e = self.slots[self.find(ip)?]?;
+        let until = match e.expires {
+            None => Instant::from_nanos(u64::MAX),
+            Some(t) => {
+                let before = u64::try_from(self.cfg.refresh_before.as_nanos()).unwrap_or(u64::MAX);
+                Instant::from_nanos(t.as_nanos().saturating_sub(before))
+            }
+        };
+        (now < until).then_some((e.mac, until))
     }
 
     /// Looks up the next hop `ip` for a frame about to be sent: reclaims
@@ -321,6 +352,7 @@ impl ArpCache {
                     expires: Some(now + lifetime),
                     refresh_sent: None,
                 };
+                self.generation += 1;
             }
         }
         true
@@ -350,6 +382,7 @@ impl ArpCache {
         match self.find(ip) {
             Some(i) => {
                 self.slots[i] = Some(entry);
+                self.generation += 1;
                 true
             }
             None => self.insert_new(entry),
@@ -519,6 +552,38 @@ mod tests {
         assert!(c.update(ip(1), mac(1), secs(56)));
         assert_eq!(c.lookup(ip(1), secs(100)), Lookup::Hit(mac(1)));
         assert_eq!(c.get(ip(1), secs(116)), None);
+    }
+
+    #[test]
+    fn stable_hit_covers_exactly_the_side_effect_free_hits() {
+        let mut c = ArpCache::new(ArpConfig::default());
+        assert_eq!(c.stable_hit(ip(1), secs(0)), None);
+        let g0 = c.generation();
+        c.insert(ip(1), mac(1), secs(0));
+        assert_ne!(c.generation(), g0);
+        let (m, until) = c.stable_hit(ip(1), secs(0)).unwrap();
+        assert_eq!((m, until), (mac(1), secs(55)));
+        // Every lookup before `until` is a plain hit; at `until` the
+        // refresh starts.
+        assert_eq!(
+            c.lookup(ip(1), Instant::from_nanos(until.as_nanos() - 1)),
+            Lookup::Hit(mac(1))
+        );
+        assert_eq!(c.stable_hit(ip(1), secs(55)), None);
+        let g1 = c.generation();
+        assert!(c.update(ip(1), mac(2), secs(10)));
+        assert_ne!(c.generation(), g1, "a changed entry changes the generation");
+        assert_eq!(c.stable_hit(ip(1), secs(10)), Some((mac(2), secs(65))));
+        let g2 = c.generation();
+        assert!(c.add_static(ip(2), mac(3)));
+        assert_ne!(c.generation(), g2);
+        assert_eq!(
+            c.stable_hit(ip(2), secs(1_000_000)),
+            Some((mac(3), Instant::from_nanos(u64::MAX)))
+        );
+        let g3 = c.generation();
+        assert!(c.remove(ip(1)));
+        assert_ne!(c.generation(), g3);
     }
 
     #[test]

@@ -606,9 +606,33 @@ enum Put {
 }
 
 /// Slave: copy into our own buffers of the next free slots.
-#[inline]
+#[inline(always)]
 fn produce_own(t: &mut TxRing, bufs: &Buffers, own: OwnLayout, bytes: &[u8]) -> Put {
     let bsize = own.buffer_size as usize;
+    if bytes.len() <= bsize {
+        // The common case: one buffer holds the frame (no division, no
+        // chunking). A ring has at least one slot, so it is never too long.
+        if t.free == 0 {
+            return Put::Full;
+        }
+        let offset = own.buffer_offset(true, t.index, t.cursor);
+        if !bufs.copy_in(own.region, offset, bytes) {
+            return Put::Fault(Fault("own buffer outside the regions"));
+        }
+        t.ring.set_desc(
+            t.cursor,
+            Desc {
+                flags: 0,
+                region: own.region,
+                length: bytes.len() as u32,
+                offset,
+            },
+        );
+        t.cursor = t.cursor.wrapping_add(1);
+        t.free -= 1;
+        t.dirty = true;
+        return Put::Sent;
+    }
     let nseg = bytes.len().div_ceil(bsize);
     if nseg > usize::from(t.ring.size()) {
         return Put::TooLong;
@@ -646,7 +670,7 @@ fn produce_own(t: &mut TxRing, bufs: &Buffers, own: OwnLayout, bytes: &[u8]) -> 
 }
 
 /// Master: fill the buffers the slave posted, from our cursor on.
-#[inline]
+#[inline(always)]
 fn fill_posted(t: &mut TxRing, bufs: &Buffers, bytes: &[u8]) -> Put {
     if t.free == 0 {
         return Put::Full;
