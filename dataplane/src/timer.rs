@@ -218,6 +218,11 @@ impl<T: Copy> TimerWheel<T> {
     pub fn advance(&mut self, now: Instant, mut fire: impl FnMut(T)) -> usize {
         let target = tick_floor(now);
         let mut fired = self.fire_list(DUE as usize, &mut fire);
+        if target <= self.cur {
+            // Still in the current tick: every pending timer is filed in a
+            // later tick (deadlines up to `cur` go to the due list).
+            return fired;
+        }
         while self.len > 0 {
             let Some(next) = self.next_tick() else { break };
             if next > target {

@@ -52,8 +52,22 @@ fn round(v: &mut [u64; 4]) {
     v[2] = v[2].rotate_left(32);
 }
 
-/// SipHash-2-4 of `data` under `key`.
+/// SipHash-2-4 of `data` under `key` (the ISN generator's PRF).
 pub(crate) fn siphash24(key: SipKey, data: &[u8]) -> u64 {
+    siphash::<2, 4>(key, data)
+}
+
+/// SipHash-1-3 of `data` under `key`: the connection table's hash (as
+/// Rust's `HashMap`): keyed, so a peer cannot aim its 4-tuples at one
+/// bucket, and half the rounds of 2-4 on the per-packet lookup.
+#[inline]
+pub(crate) fn siphash13(key: SipKey, data: &[u8]) -> u64 {
+    siphash::<1, 3>(key, data)
+}
+
+/// SipHash-c-d of `data` under `key`.
+#[inline]
+fn siphash<const C: usize, const D: usize>(key: SipKey, data: &[u8]) -> u64 {
     let mut v = [
         key.k0 ^ 0x736f_6d65_7073_6575,
         key.k1 ^ 0x646f_7261_6e64_6f6d,
@@ -66,8 +80,9 @@ pub(crate) fn siphash24(key: SipKey, data: &[u8]) -> u64 {
         w.copy_from_slice(c);
         let m = u64::from_le_bytes(w);
         v[3] ^= m;
-        round(&mut v);
-        round(&mut v);
+        for _ in 0..C {
+            round(&mut v);
+        }
         v[0] ^= m;
     }
     let mut last = [0u8; 8];
@@ -76,11 +91,12 @@ pub(crate) fn siphash24(key: SipKey, data: &[u8]) -> u64 {
     last[7] = data.len() as u8;
     let b = u64::from_le_bytes(last);
     v[3] ^= b;
-    round(&mut v);
-    round(&mut v);
+    for _ in 0..C {
+        round(&mut v);
+    }
     v[0] ^= b;
     v[2] ^= 0xff;
-    for _ in 0..4 {
+    for _ in 0..D {
         round(&mut v);
     }
     v[0] ^ v[1] ^ v[2] ^ v[3]

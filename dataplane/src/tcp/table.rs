@@ -7,7 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::conn::{Conn, State};
-use super::isn::{siphash24, tuple_bytes, SipKey};
+use super::isn::{siphash13, tuple_bytes, SipKey};
 use super::list::NIL;
 use super::{ConnId, FourTuple};
 
@@ -51,7 +51,7 @@ impl ConnTable {
 
     #[inline]
     fn bucket(&self, t: &FourTuple) -> usize {
-        siphash24(self.key, &tuple_bytes(t.local, t.remote)) as usize & self.mask
+        siphash13(self.key, &tuple_bytes(t.local, t.remote)) as usize & self.mask
     }
 
     /// Index of the connection with this 4-tuple.
