@@ -4,11 +4,13 @@
 //! without copying it into a socket buffer.
 //!
 //! A `TxBuf` is a window over one of: a static slice, a heap buffer shared
-//! by `Rc` (the application's memory), or a packet buffer (e.g. received
-//! data echoed back zero-copy). Cloning and slicing never copy bytes.
+//! by `Rc` (the application's memory), a heap buffer shared by `Arc` (memory
+//! the application shares between cores, e.g. a key-value store's values),
+//! or a packet buffer (e.g. received data echoed back zero-copy). Cloning and slicing never copy bytes.
 
 use std::fmt;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::buf::PktBuf;
 
@@ -16,6 +18,7 @@ use crate::buf::PktBuf;
 enum Backing {
     Static(&'static [u8]),
     Heap(Rc<[u8]>),
+    Shared(Arc<[u8]>),
     Packet(PktBuf),
 }
 
@@ -32,6 +35,7 @@ impl fmt::Debug for TxBuf {
         let kind = match self.backing {
             Backing::Static(_) => "static",
             Backing::Heap(_) => "heap",
+            Backing::Shared(_) => "shared",
             Backing::Packet(_) => "packet",
         };
         f.debug_struct("TxBuf")
@@ -58,6 +62,16 @@ impl TxBuf {
             off: 0,
             len: u32::try_from(bytes.len()).expect("TxBuf larger than 4 GiB"),
             backing: Backing::Heap(bytes),
+        }
+    }
+
+    /// A buffer over heap bytes shared between threads (the `Arc` keeps
+    /// them alive until the peer has acknowledged them).
+    pub fn from_arc(bytes: Arc<[u8]>) -> TxBuf {
+        TxBuf {
+            off: 0,
+            len: u32::try_from(bytes.len()).expect("TxBuf larger than 4 GiB"),
+            backing: Backing::Shared(bytes),
         }
     }
 
@@ -94,6 +108,7 @@ impl TxBuf {
         let all: &[u8] = match &self.backing {
             Backing::Static(s) => s,
             Backing::Heap(h) => h,
+            Backing::Shared(h) => h,
             Backing::Packet(p) => p.data(),
         };
         &all[self.off as usize..(self.off + self.len) as usize]
@@ -152,6 +167,16 @@ mod tests {
         t.advance(6);
         assert_eq!(t.as_slice(), b"world");
         assert_eq!(TxBuf::from_static(b"abc").slice(1, 1).as_slice(), b"b");
+    }
+
+    #[test]
+    fn arc_backed_holds_a_reference_until_dropped() {
+        let value: Arc<[u8]> = Arc::from(&b"stored value"[..]);
+        let t = TxBuf::from_arc(value.clone()).slice(7, 5);
+        assert_eq!(t.as_slice(), b"value");
+        assert_eq!(Arc::strong_count(&value), 2);
+        drop(t);
+        assert_eq!(Arc::strong_count(&value), 1);
     }
 
     #[test]
