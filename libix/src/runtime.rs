@@ -613,6 +613,16 @@ impl Dataplane {
         self.stop.clone()
     }
 
+    /// Stops the dataplane `after` from now (a timer thread sets the stop
+    /// flag), for programs that run for a fixed time.
+    pub fn stop_after(&self, after: Duration) {
+        let stop = self.stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+
     /// Waits for every core to finish (each stops when its application
     /// calls `Cx::stop`, or when [`Dataplane::stop`] is called).
     pub fn join(mut self) -> Result<RunReport, IxError> {

@@ -98,11 +98,7 @@ fn main() -> anyhow::Result<()> {
             cfg.cores = vec![None; args.cores];
             cfg.link_timeout = Duration::from_secs(args.link_timeout);
             let dp = Dataplane::start(cfg, move |_| EchoServer::new(port))?;
-            let stop = dp.stop_flag();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(seconds));
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            });
+            dp.stop_after(Duration::from_secs(seconds));
             let report = dp.join()?;
             eprintln!("server: {report:?}");
         }

@@ -20,8 +20,7 @@
 //!     ix-echo client --server 10.77.0.1:7 --seconds 2
 //! ```
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,7 +28,8 @@ use clap::{Parser, Subcommand};
 use ix_tools::echo::{
     EchoClient, EchoClientConfig, EchoClientResult, EchoServer, MessageSize, ResultSink,
 };
-use libix::{Config, Dataplane, Registered};
+use ix_tools::nic_args::{start_dataplane, NicArgs, WireEnd};
+use libix::Config;
 
 /// Echo server and client on the IX dataplane over a memif wire.
 #[derive(Parser)]
@@ -44,7 +44,7 @@ enum Role {
     /// Run the echo server (memif master, or the port ixcpd allocated).
     Server {
         #[command(flatten)]
-        nic: Nic,
+        nic: NicArgs,
         /// TCP port to listen on.
         #[arg(long, default_value_t = 7)]
         port: u16,
@@ -56,7 +56,7 @@ enum Role {
     /// print what it measured.
     Client {
         #[command(flatten)]
-        nic: Nic,
+        nic: NicArgs,
         /// Server address.
         #[arg(long)]
         server: SocketAddrV4,
@@ -72,69 +72,6 @@ enum Role {
     },
 }
 
-/// Where the dataplane's resources come from: a memif socket of its own,
-/// or ixcpd.
-#[derive(clap::Args)]
-struct Nic {
-    /// memif socket path (the server creates it, the client connects);
-    /// without it, register with ixcpd instead.
-    #[arg(long, requires = "ip")]
-    memif: Option<PathBuf>,
-    /// Our IPv4 address on the wire (with --memif).
-    #[arg(long, requires = "memif")]
-    ip: Option<Ipv4Addr>,
-    /// CPU to pin the elastic thread to (with --memif).
-    #[arg(long, requires = "memif")]
-    cpu: Option<usize>,
-    /// Register with ixcpd under this name [default: $IX_DATAPLANE].
-    #[arg(long, value_name = "NAME", conflicts_with = "memif")]
-    dataplane: Option<String>,
-}
-
-/// Which end of the memif wire a standalone role takes.
-#[derive(Clone, Copy)]
-enum End {
-    Master,
-    Slave,
-}
-
-/// Starts the dataplane standalone or registered, letting `tune` adjust
-/// the stack's settings either way.
-fn start<A, F>(
-    nic: Nic,
-    end: End,
-    tune: impl FnOnce(&mut Config),
-    factory: F,
-) -> anyhow::Result<Dataplane>
-where
-    A: libix::App,
-    F: Fn(u16) -> A + Send + Sync + 'static,
-{
-    match (nic.memif, nic.ip) {
-        (Some(memif), Some(ip)) => {
-            let mut cfg = match end {
-                End::Master => Config::memif_master(&memif, ip),
-                End::Slave => Config::memif_slave(&memif, ip),
-            };
-            cfg.cores = vec![nic.cpu];
-            tune(&mut cfg);
-            Ok(Dataplane::start(cfg, factory)?)
-        }
-        _ => {
-            let mut reg = Registered::register(nic.dataplane.as_deref())?;
-            tune(&mut reg.config);
-            eprintln!(
-                "ix-echo: registered as {} on cpus {:?}, {}/{}",
-                reg.name(),
-                reg.config.cores.iter().flatten().collect::<Vec<_>>(),
-                reg.config.ip,
-                reg.config.prefix_len
-            );
-            Ok(Dataplane::start_registered(reg, factory)?)
-        }
-    }
-}
-
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     if let Err(e) = run(Args::parse()) {
@@ -146,13 +83,15 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     match args.role {
         Role::Server { nic, port, seconds } => {
-            let dp = start(nic, End::Master, |_| {}, move |_| EchoServer::new(port))?;
+            let dp = start_dataplane(
+                "ix-echo",
+                nic,
+                WireEnd::Master,
+                |_| {},
+                move |_| EchoServer::new(port),
+            )?;
             if let Some(s) = seconds {
-                let stop = dp.stop_flag();
-                std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_secs(s));
-                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                });
+                dp.stop_after(Duration::from_secs(s));
             }
             dp.join()?;
         }
@@ -175,7 +114,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             };
             let out = ResultSink::default();
             let out2 = out.clone();
-            let dp = start(nic, End::Slave, tune, move |_| {
+            let dp = start_dataplane("ix-echo", nic, WireEnd::Slave, tune, move |_| {
                 EchoClient::new(client.clone(), out2.clone())
             })?;
             dp.join()?;
