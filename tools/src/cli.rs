@@ -14,6 +14,7 @@ use control_plane::config::{is_valid_name, NAME_RULE};
 use control_plane::proto::{Isolation, LaunchArgs};
 
 use crate::bench::EchoParams;
+use dataplane::elastic::DEFAULT_BATCH;
 
 /// Exit status of a run that failed at run time.
 pub const EXIT_FAILURE: u8 = 1;
@@ -28,6 +29,9 @@ pub const MAX_WARMUP_SECS: f64 = 600.0;
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// Largest message accepted, bytes.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// Largest RX batch bound accepted (libix's limit).
+pub const MAX_BATCH: usize = 1024;
 
 /// Most cores a dataplane may ask for.
 pub const MAX_CORES: u32 = 128;
@@ -181,6 +185,9 @@ struct EchoArgs {
     /// Bytes per request (and per echo).
     #[arg(long, value_name = "BYTES", default_value_t = 64)]
     message_size: usize,
+    /// Bound of the adaptive RX batch of our client and server (IX's B).
+    #[arg(long, value_name = "B", default_value_t = DEFAULT_BATCH)]
+    batch: usize,
     /// Print a JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -463,6 +470,7 @@ fn validate_echo(args: EchoArgs) -> Result<BenchEcho, UsageError> {
     let warmup = seconds("warmup", args.warmup, 0.0, MAX_WARMUP_SECS)?;
     let connections = count("connections", args.connections, 1, MAX_CONNECTIONS)?;
     let message_size = count("message-size", args.message_size, 1, MAX_MESSAGE_SIZE)?;
+    let batch = count("batch", args.batch, 1, MAX_BATCH)?;
     let mut systems: Vec<System> = Vec::new();
     for system in args.systems {
         if !systems.contains(&system) {
@@ -478,6 +486,7 @@ fn validate_echo(args: EchoArgs) -> Result<BenchEcho, UsageError> {
             warmup,
             connections,
             message_size,
+            batch,
             ..EchoParams::default()
         },
         systems,
@@ -658,6 +667,10 @@ mod tests {
         assert_eq!(
             message(&["--warmup=-1"]),
             "--warmup must be between 0 and 600 seconds, got -1"
+        );
+        assert_eq!(
+            message(&["--batch", "0"]),
+            "--batch must be between 1 and 1024, got 0"
         );
         assert_eq!(
             message(&["--connections", "0"]),

@@ -29,6 +29,9 @@ pub struct NicArgs {
     /// Register with ixcpd under this name [default: $IX_DATAPLANE].
     #[arg(long, value_name = "NAME", conflicts_with = "memif")]
     pub dataplane: Option<String>,
+    /// Bound of the adaptive RX batch (IX's B) [default: libix's].
+    #[arg(long, value_name = "B")]
+    pub batch: Option<usize>,
 }
 
 /// Which end of a standalone memif wire a program takes.
@@ -61,11 +64,17 @@ where
                 WireEnd::Slave => Config::memif_slave(&memif, ip),
             };
             cfg.cores = vec![nic.cpu];
+            if let Some(b) = nic.batch {
+                cfg.batch = b;
+            }
             tune(&mut cfg);
             Dataplane::start(cfg, factory)
         }
         _ => {
             let mut reg = Registered::register(nic.dataplane.as_deref())?;
+            if let Some(b) = nic.batch {
+                reg.config.batch = b;
+            }
             tune(&mut reg.config);
             eprintln!(
                 "{program}: registered as {} on cpus {:?}, {}/{}",

@@ -68,6 +68,8 @@ pub fn run_ix_echo(params: &EchoParams) -> anyhow::Result<EchoResult> {
             &params.server_core.to_string(),
             "--seconds",
             &run_for.as_secs().to_string(),
+            "--batch",
+            &params.batch.to_string(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -79,6 +81,7 @@ pub fn run_ix_echo(params: &EchoParams) -> anyhow::Result<EchoResult> {
     cfg.ip = CLIENT_IP.into();
     cfg.cores = vec![Some(params.client_core)];
     cfg.link_timeout = Duration::from_secs(10);
+    cfg.batch = params.batch;
     cfg.tcp.max_conns = cfg.tcp.max_conns.max(2 * params.connections);
     let client_cfg = EchoClientConfig {
         server: std::net::SocketAddrV4::new(SERVER_IP.into(), PORT),

@@ -26,6 +26,8 @@ pub struct EchoParams {
     pub connections: usize,
     /// Bytes per request; the echo has the same size.
     pub message_size: usize,
+    /// Bound of the adaptive RX batch of our client and server.
+    pub batch: usize,
     /// CPU the server thread is pinned to.
     pub server_core: usize,
     /// CPU the client thread is pinned to.
@@ -34,13 +36,14 @@ pub struct EchoParams {
 
 impl Default for EchoParams {
     /// 5 s measured after 1 s of warm-up, 16 connections, 64-byte messages,
-    /// server on core 0 and client on core 1.
+    /// the default batch bound, server on core 0 and client on core 1.
     fn default() -> Self {
         EchoParams {
             duration: Duration::from_secs(5),
             warmup: Duration::from_secs(1),
             connections: 16,
             message_size: 64,
+            batch: dataplane::elastic::DEFAULT_BATCH,
             server_core: 0,
             client_core: 1,
         }

@@ -157,12 +157,13 @@ impl Report {
     pub fn write_table(&self, out: &mut dyn Write, params: &EchoParams) -> io::Result<()> {
         writeln!(
             out,
-            "echo over loopback: {} connection{} × {} B, {:.1} s measured after {:.1} s warm-up",
+            "echo over loopback: {} connection{} × {} B, {:.1} s measured after {:.1} s warm-up, ix batch ≤ {}",
             params.connections,
             if params.connections == 1 { "" } else { "s" },
             params.message_size,
             params.duration.as_secs_f64(),
             params.warmup.as_secs_f64(),
+            params.batch,
         )?;
         writeln!(
             out,
