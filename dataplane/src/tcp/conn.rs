@@ -355,6 +355,20 @@ impl Conn {
         self.rto_us = (rto.min(u64::from(u32::MAX)) as u32).clamp(bounds.min_us, bounds.max_us);
     }
 
+    /// Opens the congestion window for `acked` newly acknowledged bytes:
+    /// slow start below `ssthresh`, else congestion avoidance (RFC 5681
+    /// §3.1, equations 2 and 3).
+    #[inline]
+    pub(crate) fn grow_cwnd(&mut self, acked: u32) {
+        let mss = u32::from(self.snd_mss);
+        if self.cwnd < self.ssthresh {
+            self.cwnd = self.cwnd.saturating_add(acked.min(mss));
+        } else {
+            let inc = u64::from(mss) * u64::from(mss) / u64::from(self.cwnd.max(1));
+            self.cwnd = self.cwnd.saturating_add((inc as u32).max(1));
+        }
+    }
+
     /// Doubles the RTO (RFC 6298 §5.5), up to `rto_max`.
     pub(crate) fn back_off(&mut self, bounds: RtoBounds) {
         self.rto_us = self.rto_us.saturating_mul(2).min(bounds.max_us);

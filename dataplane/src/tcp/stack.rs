@@ -1383,13 +1383,7 @@ impl TcpStack {
                 c.rtt_sample(now, self.rto_bounds);
             }
             c.dupacks = 0;
-            let mss = u32::from(c.snd_mss);
-            if c.cwnd < c.ssthresh {
-                c.cwnd = c.cwnd.saturating_add(acked.min(mss));
-            } else {
-                let inc = u64::from(mss) * u64::from(mss) / u64::from(c.cwnd.max(1));
-                c.cwnd = c.cwnd.saturating_add((inc as u32).max(1));
-            }
+            c.grow_cwnd(acked);
             c.snd_una = ack;
             if c.snd_nxt < ack {
                 c.snd_nxt = ack;
@@ -1573,12 +1567,7 @@ impl TcpStack {
                 }
             } else {
                 c.dupacks = 0;
-                if c.cwnd < c.ssthresh {
-                    c.cwnd = c.cwnd.saturating_add(acked.min(mss));
-                } else {
-                    let inc = u64::from(mss) * u64::from(mss) / u64::from(c.cwnd.max(1));
-                    c.cwnd = c.cwnd.saturating_add((inc as u32).max(1));
-                }
+                c.grow_cwnd(acked);
             }
             c.snd_una = ack;
             if c.snd_nxt < ack {

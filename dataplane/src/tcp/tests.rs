@@ -214,18 +214,24 @@ impl T {
         self.s.conn_by_tuple(&tuple()).expect("connection exists")
     }
 
+    /// Passive open up to the knock: the peer's SYN (with `mss`, `ws`), our
+    /// SYN-ACK, the peer's ACK advertising `window`. Returns the knocking
+    /// handle and our first data sequence number.
+    fn knocked(&mut self, mss: Option<u16>, ws: Option<u8>, window: u16) -> (ConnId, u32) {
+        self.inject_syn(mss, ws);
+        self.flush();
+        let our = self.one_out().seq() + 1;
+        self.inject(PISS + 1, Some(our), ACK, window, &[]);
+        match self.events().as_slice() {
+            [TcpEvent::Knock { conn, .. }] => (*conn, our),
+            e => panic!("expected a knock, got {e:?}"),
+        }
+    }
+
     /// Passive open with MSS 1460 / window scale 7 from the peer, accepted
     /// with cookie 7. Returns the handle and our first data sequence number.
     fn established(&mut self) -> (ConnId, u32) {
-        self.inject_syn(Some(1460), Some(7));
-        self.flush();
-        let synack = self.one_out();
-        let our = synack.seq() + 1;
-        self.inject(PISS + 1, Some(our), ACK, 1024, &[]);
-        let conn = match self.events().as_slice() {
-            [TcpEvent::Knock { conn, .. }] => *conn,
-            e => panic!("expected a knock, got {e:?}"),
-        };
+        let (conn, our) = self.knocked(Some(1460), Some(7), 1024);
         self.s.accept(conn, 7, &mut self.ev).unwrap();
         assert!(self.events().is_empty());
         self.flush();
@@ -607,14 +613,7 @@ fn data_and_fin_before_accept_are_delivered_on_accept() {
 #[test]
 fn connection_reset_before_accept_is_reported_with_cookie_0() {
     let mut t = T::listening();
-    t.inject_syn(None, None);
-    t.flush();
-    let our = t.one_out().seq() + 1;
-    t.inject(PISS + 1, Some(our), ACK, 512, &[]);
-    let conn = match t.events().as_slice() {
-        [TcpEvent::Knock { conn, .. }] => *conn,
-        e => panic!("{e:?}"),
-    };
+    let (conn, our) = t.knocked(None, None, 512);
     t.inject(PISS + 1, Some(our), RST, 0, &[]);
     match t.events().as_slice() {
         [TcpEvent::Dead {
@@ -633,14 +632,7 @@ fn connection_reset_before_accept_is_reported_with_cookie_0() {
 #[test]
 fn reject_sends_rst_and_frees() {
     let mut t = T::listening();
-    t.inject_syn(None, None);
-    t.flush();
-    let our = t.one_out().seq() + 1;
-    t.inject(PISS + 1, Some(our), ACK, 512, &[]);
-    let conn = match t.events().as_slice() {
-        [TcpEvent::Knock { conn, .. }] => *conn,
-        e => panic!("{e:?}"),
-    };
+    let (conn, our) = t.knocked(None, None, 512);
     t.s.reject(conn).unwrap();
     t.flush();
     let o = t.one_out();
