@@ -1,0 +1,205 @@
+//! The KVS server as a libix application: one [`IxKvs`] per elastic
+//! thread, all sharing one [`Kvs`].
+//!
+//! Per connection a [`Session`] parses each received [`RxBuf`] in place and
+//! the buffer is dropped (released to TCP, reopening the window) as soon as
+//! it is parsed. Replies are queued `TxBuf`s (slices of stored items, no
+//! copy) handed to `sendv`; what the send window does not take stays queued
+//! until [`App::sent`]. When the queue passes
+//! [`super::session::BACKLOG_LIMIT`] the connection stops parsing and holds
+//! its next `RxBuf`s instead: the receive window closes and the client is
+//! slowed by TCP flow control, without the server buffering more.
+//!
+//! Time: each handler reads `Cx::now()` (the loop turn's time), so a
+//! request costs no clock read.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use libix::{App, Conn, Cx, Dead, FourTuple, Knock, RxBuf};
+
+use super::session::Session;
+use super::stats::{dec, inc};
+use super::Kvs;
+
+/// One connection's state on its core.
+struct Connection {
+    conn: Conn,
+    session: Session,
+    /// Received buffers not parsed yet (backpressure), with how much of
+    /// the front one was used.
+    held: VecDeque<RxBuf>,
+    held_off: usize,
+    /// The peer closed its side: close ours once the replies are out.
+    peer_closed: bool,
+}
+
+/// The KVS application of one elastic thread.
+pub struct IxKvs {
+    kvs: Arc<Kvs>,
+    port: u16,
+    worker: usize,
+    conns: Vec<Option<Connection>>,
+}
+
+impl IxKvs {
+    /// The application for core `worker`, serving `kvs` on TCP `port`.
+    pub fn new(kvs: Arc<Kvs>, port: u16, worker: usize) -> IxKvs {
+        IxKvs {
+            kvs,
+            port,
+            worker,
+            conns: Vec::new(),
+        }
+    }
+
+    fn conn_mut(&mut self, conn: Conn) -> Option<&mut Connection> {
+        self.conns
+            .get_mut(conn.index())
+            .and_then(Option::as_mut)
+            .filter(|c| c.conn == conn)
+    }
+
+    /// Forgets a connection (its handle is dead or closed).
+    fn forget(&mut self, conn: Conn) {
+        if let Some(slot) = self.conns.get_mut(conn.index()) {
+            if slot.as_ref().is_some_and(|c| c.conn == conn) {
+                *slot = None;
+                dec(&self.kvs.worker(self.worker).curr_connections);
+            }
+        }
+    }
+
+    /// Sends what the window takes, parses held input while the backlog
+    /// allows, and closes the connection when it is done.
+    fn pump(&mut self, cx: &mut Cx, conn: Conn) {
+        let now = self.kvs.now(cx.now());
+        let (kvs, worker) = (self.kvs.clone(), self.worker);
+        let Some(c) = self.conn_mut(conn) else { return };
+        loop {
+            if !c.session.replies().is_empty() {
+                match cx.sendv(conn, c.session.replies()) {
+                    Ok(n) => {
+                        c.session.consume(n);
+                        super::stats::add(&kvs.worker(worker).bytes_written, n as u64);
+                    }
+                    Err(e) => {
+                        log::debug!("kvs: send on {conn:?} failed: {e}");
+                        let _ = cx.abort(conn);
+                        self.forget(conn);
+                        return;
+                    }
+                }
+            }
+            if c.session.is_blocked() || c.held.is_empty() {
+                break;
+            }
+            // The backlog has room: parse held input.
+            while let Some(buf) = c.held.front() {
+                let used = c.session.feed(&buf[c.held_off..], &kvs, worker, now);
+                c.held_off += used;
+                if c.held_off < buf.len() {
+                    break;
+                }
+                c.held.pop_front();
+                c.held_off = 0;
+            }
+        }
+        let done = c.session.replies().is_empty()
+            && (c.session.wants_close() || (c.peer_closed && c.held.is_empty()));
+        if done {
+            if c.peer_closed && c.session.mid_request() {
+                log::debug!("kvs: {conn:?} closed in the middle of a request");
+            }
+            let _ = cx.close(conn);
+            self.forget(conn);
+        }
+    }
+}
+
+impl App for IxKvs {
+    fn start(&mut self, cx: &mut Cx) {
+        if let Err(e) = cx.listen(self.port) {
+            log::error!("kvs: cannot listen on port {}: {e}", self.port);
+            cx.stop();
+        }
+    }
+
+    fn knock(&mut self, _cx: &mut Cx, conn: Conn, _peer: FourTuple) -> Knock {
+        let i = conn.index();
+        if i >= self.conns.len() {
+            self.conns.resize_with(i + 1, || None);
+        }
+        let stats = self.kvs.worker(self.worker);
+        if self.conns[i].is_some() {
+            // A stale entry whose end we missed: the slot is reused.
+            dec(&stats.curr_connections);
+        }
+        self.conns[i] = Some(Connection {
+            conn,
+            session: Session::new(self.kvs.store().item_max()),
+            held: VecDeque::new(),
+            held_off: 0,
+            peer_closed: false,
+        });
+        inc(&stats.curr_connections);
+        inc(&stats.total_connections);
+        Knock::Accept
+    }
+
+    fn recv(&mut self, cx: &mut Cx, conn: Conn, data: RxBuf) {
+        let now = self.kvs.now(cx.now());
+        let (kvs, worker) = (self.kvs.clone(), self.worker);
+        let Some(c) = self.conn_mut(conn) else { return };
+        if !c.held.is_empty() || c.session.is_blocked() {
+            c.held.push_back(data);
+            return;
+        }
+        let used = c.session.feed(&data, &kvs, worker, now);
+        if used < data.len() {
+            c.held_off = used;
+            c.held.push_back(data);
+        }
+        // Otherwise `data` is dropped here: released to TCP.
+        self.pump(cx, conn);
+    }
+
+    fn sent(&mut self, cx: &mut Cx, conn: Conn, _acked: usize) {
+        self.pump(cx, conn);
+    }
+
+    fn dead(&mut self, cx: &mut Cx, conn: Conn, why: Dead) {
+        if matches!(why, Dead::PeerClosed) {
+            if let Some(c) = self.conn_mut(conn) {
+                c.peer_closed = true;
+            }
+            self.pump(cx, conn);
+        } else {
+            self.forget(conn);
+        }
+    }
+}
+
+/// Starts the KVS on a dataplane: one [`IxKvs`] per configured core, all
+/// serving `kvs` on `port`.
+pub fn start(
+    cfg: libix::Config,
+    kvs: Arc<Kvs>,
+    port: u16,
+) -> Result<libix::Dataplane, libix::IxError> {
+    libix::Dataplane::start(cfg, move |core| {
+        IxKvs::new(kvs.clone(), port, usize::from(core))
+    })
+}
+
+/// Starts the KVS on the dataplane ixcpd allocated (see
+/// [`libix::Registered`]).
+pub fn start_registered(
+    reg: libix::Registered,
+    kvs: Arc<Kvs>,
+    port: u16,
+) -> Result<libix::Dataplane, libix::IxError> {
+    libix::Dataplane::start_registered(reg, move |core| {
+        IxKvs::new(kvs.clone(), port, usize::from(core))
+    })
+}
