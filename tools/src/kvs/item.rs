@@ -94,6 +94,12 @@ impl Item {
         &self.bytes
     }
 
+    /// The shared bytes, without another reference count increment.
+    #[inline]
+    pub fn into_bytes(self) -> Arc<[u8]> {
+        self.bytes
+    }
+
     /// Bytes of memory the item is charged for (its allocation).
     #[inline]
     pub fn size(&self) -> usize {

@@ -203,3 +203,176 @@ pub fn start_registered(
         IxKvs::new(kvs.clone(), port, usize::from(core))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvs::store::StoreConfig;
+    use libix::TxBuf;
+    use std::net::SocketAddrV4;
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    const VALUE: usize = 100_000;
+    const GETS: usize = 300;
+    const HOLD: u64 = 1;
+    const DEADLINE: u64 = 2;
+
+    /// What the client saw.
+    #[derive(Debug, Default)]
+    struct Seen {
+        /// Gets the server had parsed when the client stopped holding.
+        parsed_while_held: u64,
+        /// Reply bytes received in all.
+        received: usize,
+        /// Whether the replies were exactly as expected.
+        exact: bool,
+    }
+
+    /// Pipelines one big `set` and many `get`s of it, and keeps every
+    /// received buffer (closing its receive window) for a while before
+    /// reading the rest.
+    struct Hoarder {
+        server: SocketAddrV4,
+        kvs: Arc<Kvs>,
+        conn: Option<Conn>,
+        unsent: Option<TxBuf>,
+        held: Vec<RxBuf>,
+        holding: bool,
+        got: Vec<u8>,
+        expected: Vec<u8>,
+        seen: Arc<Mutex<Seen>>,
+    }
+
+    impl Hoarder {
+        fn push(&mut self, cx: &mut Cx) {
+            let (Some(conn), Some(buf)) = (self.conn, self.unsent.as_mut()) else {
+                return;
+            };
+            match cx.sendv(conn, std::slice::from_ref(buf)) {
+                Ok(n) if n >= buf.len() => self.unsent = None,
+                Ok(n) => buf.advance(n),
+                Err(_) => cx.stop(),
+            }
+        }
+
+        fn take(&mut self, data: &[u8]) {
+            self.got.extend_from_slice(data);
+        }
+    }
+
+    impl App for Hoarder {
+        fn start(&mut self, cx: &mut Cx) {
+            self.conn = cx.connect(self.server).ok();
+            cx.arm_timer(Duration::from_secs(60), DEADLINE).unwrap();
+        }
+
+        fn connected(&mut self, cx: &mut Cx, _conn: Conn, result: Result<(), libix::ConnectError>) {
+            if result.is_err() {
+                cx.stop();
+                return;
+            }
+            let mut req = format!("set big 0 0 {VALUE}\r\n").into_bytes();
+            req.extend(std::iter::repeat_n(b'v', VALUE));
+            req.extend_from_slice(b"\r\n");
+            req.extend_from_slice(&b"get big\r\n".repeat(GETS));
+            self.unsent = Some(TxBuf::from_vec(req));
+            self.push(cx);
+            cx.arm_timer(Duration::from_millis(500), HOLD).unwrap();
+        }
+
+        fn recv(&mut self, cx: &mut Cx, conn: Conn, data: RxBuf) {
+            if self.holding {
+                self.held.push(data);
+                return;
+            }
+            self.take(&data);
+            if self.got.len() >= self.expected.len() {
+                let mut seen = self.seen.lock().unwrap();
+                seen.received = self.got.len();
+                seen.exact = self.got == self.expected;
+                let _ = cx.close(conn);
+                cx.stop();
+            }
+        }
+
+        fn sent(&mut self, cx: &mut Cx, _conn: Conn, _acked: usize) {
+            self.push(cx);
+        }
+
+        fn timer(&mut self, cx: &mut Cx, token: u64) {
+            if token == HOLD {
+                let parsed = self
+                    .kvs
+                    .workers()
+                    .iter()
+                    .map(|w| w.cmd_get.load(Ordering::Relaxed))
+                    .sum();
+                self.seen.lock().unwrap().parsed_while_held = parsed;
+                self.holding = false;
+                for buf in std::mem::take(&mut self.held) {
+                    self.take(&buf);
+                }
+            } else {
+                cx.stop();
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_that_holds_its_buffers_stalls_the_server_instead_of_growing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("kvs.sock");
+        let kvs = Kvs::shared(StoreConfig::default(), 1);
+        let server = start(
+            libix::Config::memif_master(&sock, "10.9.8.1".parse().unwrap()),
+            kvs.clone(),
+            11211,
+        )
+        .unwrap();
+        let mut expected = b"STORED\r\n".to_vec();
+        for _ in 0..GETS {
+            expected.extend_from_slice(format!("VALUE big 0 {VALUE}\r\n").as_bytes());
+            expected.extend(std::iter::repeat_n(b'v', VALUE));
+            expected.extend_from_slice(b"\r\nEND\r\n");
+        }
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (k, s) = (kvs.clone(), seen.clone());
+        let client = libix::Dataplane::start(
+            libix::Config::memif_slave(&sock, "10.9.8.2".parse().unwrap()),
+            move |_| Hoarder {
+                server: "10.9.8.1:11211".parse().unwrap(),
+                kvs: k.clone(),
+                conn: None,
+                unsent: None,
+                held: Vec::new(),
+                holding: true,
+                got: Vec::new(),
+                expected: expected.clone(),
+                seen: s.clone(),
+            },
+        )
+        .unwrap();
+        client.join().unwrap();
+        server.stop();
+        server.join().unwrap();
+        let seen = seen.lock().unwrap();
+        eprintln!(
+            "gets parsed while the client held its buffers: {}",
+            seen.parsed_while_held
+        );
+        assert!(seen.parsed_while_held >= 1, "the server answered nothing");
+        assert!(
+            seen.parsed_while_held < 20,
+            "the server parsed {} of {GETS} gets while the client read nothing",
+            seen.parsed_while_held
+        );
+        assert!(seen.exact, "{} reply bytes, not as expected", seen.received);
+        assert_eq!(
+            kvs.worker(0).cmd_get.load(Ordering::Relaxed),
+            GETS as u64,
+            "every get ran once the client read again"
+        );
+    }
+}

@@ -148,15 +148,16 @@ impl Output {
         }
     }
 
-    fn push_item(&mut self, item: &Item, cas: bool) {
-        let bytes = TxBuf::from_arc(item.bytes().clone());
+    fn push_item(&mut self, item: Item, cas: bool) {
         if cas {
-            for (off, len) in item.gets_reply() {
+            let parts = item.gets_reply();
+            let bytes = TxBuf::from_arc(item.into_bytes());
+            for (off, len) in parts {
                 self.push(bytes.slice(off, len));
             }
         } else {
             let (off, len) = item.get_reply();
-            self.push(bytes.slice(off, len));
+            self.push(TxBuf::from_arc(item.into_bytes()).slice(off, len));
         }
     }
 
@@ -220,7 +221,7 @@ impl Output {
                     match store.get(key, now) {
                         Some(item) => {
                             inc(&stats.get_hits);
-                            self.push_item(&item, cas);
+                            self.push_item(item, cas);
                         }
                         None => inc(&stats.get_misses),
                     }

@@ -21,7 +21,8 @@
 //! items from the LRU tail.
 //!
 //! Semantics follow memcached 1.6: one global cas counter, starting at 1
-//! and taken by every successful store (`touch` keeps the cas); `add` of
+//! and taken by every successful store and by an immediate `flush_all`
+//! (`touch` keeps the cas), so `gets` shows memcached's numbers; `add` of
 //! a present key bumps it in the LRU; `incr`/`decr` rewrite the value in
 //! place when the result is not longer, padding with spaces (memcached's
 //! visible quirk), else grow it; `append`/`prepend` keep flags and expiry
@@ -571,6 +572,9 @@ impl Store {
     /// (memcached's `oldest_live = realtime(delay) - 1`).
     pub fn flush(&self, at: RelTime) {
         if at == 0 {
+            // memcached marks an immediate flush with a cas value
+            // (`oldest_cas`), so the next item's cas is one higher.
+            self.next_cas();
             self.oldest_live.store(0, Ordering::Relaxed);
             for s in self.shards.iter() {
                 s.lock()
