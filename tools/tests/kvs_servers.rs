@@ -668,3 +668,118 @@ fn ix_server_on_memif_with_two_cores_serves_a_libix_client() {
         assert_eq!(r, "ok");
     }
 }
+
+/// An ixcpd on a thread of this process with one memif port, `wire0`
+/// (master, 10.77.0.1); stops its dataplanes and itself when dropped.
+struct Ixcpd {
+    _dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    wire: std::path::PathBuf,
+    stop: Option<std::io::PipeWriter>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const IXCTL: &str = env!("CARGO_BIN_EXE_ixctl");
+
+impl Ixcpd {
+    fn start() -> Ixcpd {
+        use control_plane::{config::Config, host::Host, server::Server};
+        let dir = tempfile::Builder::new().prefix("ixkvs-").tempdir().unwrap();
+        let socket = dir.path().join("ixcpd.sock");
+        let wire = dir.path().join("wire0.sock");
+        let text = format!(
+            "cores = \"all\"\nmemory = \"64 MiB\"\nhugepages = \"off\"\n\
+             [api]\nsocket = {socket:?}\n\
+             [[ports]]\nname = \"wire0\"\nkind = \"memif\"\nsocket = {wire:?}\nrole = \"master\"\n\
+             queues = 1\nip = \"10.77.0.1/24\"\n"
+        );
+        let config = Config::from_toml(&text, &Host::probe()).unwrap();
+        let mut server = Server::bind(config).unwrap();
+        let (rd, wr) = std::io::pipe().unwrap();
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsFd;
+            server.run(rd.as_fd()).unwrap();
+        });
+        Ixcpd {
+            _dir: dir,
+            socket,
+            wire,
+            stop: Some(wr),
+            thread: Some(thread),
+        }
+    }
+
+    fn ixctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(IXCTL)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("running ixctl")
+    }
+}
+
+impl Drop for Ixcpd {
+    fn drop(&mut self) {
+        let _ = self.ixctl(&["stop", "kvs"]);
+        if let Some(mut stop) = self.stop.take() {
+            let _ = stop.write_all(b"x");
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn ixkvs_launched_by_ixctl_runs_on_what_ixcpd_allocated() {
+    let d = Ixcpd::start();
+    let out = d.ixctl(&[
+        "launch", "--name", "kvs", "--cores", "1", "--port", "wire0", "--json", "--", IXKVS,
+        "--stack", "ix",
+    ]);
+    assert!(
+        out.status.success(),
+        "launch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let launched: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(launched["dataplane"]["state"], "running", "{launched}");
+
+    let steps = vec![
+        (
+            b"set k 9 0 5\r\nhello\r\n".to_vec(),
+            b"STORED\r\n".to_vec(),
+        ),
+        (
+            b"get k\r\nincr k 1\r\n".to_vec(),
+            b"VALUE k 9 5\r\nhello\r\nEND\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+                .to_vec(),
+        ),
+    ];
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = libix::Config::memif_slave(&d.wire, "10.77.0.2".parse().unwrap());
+    cfg.link_timeout = Duration::from_secs(30);
+    let (r, done) = (results.clone(), Arc::new(AtomicBool::new(false)));
+    let client = libix::Dataplane::start(cfg, move |_| StepClient {
+        server: "10.77.0.1:11211".parse().unwrap(),
+        steps: steps.clone(),
+        next: 0,
+        conn: None,
+        unsent: None,
+        got: Vec::new(),
+        results: r.clone(),
+        done: done.clone(),
+    })
+    .expect("client dataplane starts");
+    client.join().expect("client dataplane runs");
+    assert_eq!(*results.lock().unwrap(), ["ok", "ok"]);
+
+    let logs = d.ixctl(&["logs", "kvs"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains("ixkvs: listening on 10.77.0.1:11211 (ix, dataplane kvs of ixcpd"),
+        "{logs}"
+    );
+}
