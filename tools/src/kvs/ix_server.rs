@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use libix::{App, Conn, Cx, Dead, FourTuple, Knock, RxBuf};
 
+use super::clock::RelTime;
 use super::session::Session;
 use super::stats::{dec, inc};
 use super::Kvs;
@@ -53,13 +54,6 @@ impl IxKvs {
         }
     }
 
-    fn conn_mut(&mut self, conn: Conn) -> Option<&mut Connection> {
-        self.conns
-            .get_mut(conn.index())
-            .and_then(Option::as_mut)
-            .filter(|c| c.conn == conn)
-    }
-
     /// Forgets a connection (its handle is dead or closed).
     fn forget(&mut self, conn: Conn) {
         if let Some(slot) = self.conns.get_mut(conn.index()) {
@@ -74,46 +68,79 @@ impl IxKvs {
     /// allows, and closes the connection when it is done.
     fn pump(&mut self, cx: &mut Cx, conn: Conn) {
         let now = self.kvs.now(cx.now());
-        let (kvs, worker) = (self.kvs.clone(), self.worker);
-        let Some(c) = self.conn_mut(conn) else { return };
-        loop {
-            if !c.session.replies().is_empty() {
-                match cx.sendv(conn, c.session.replies()) {
-                    Ok(n) => {
-                        c.session.consume(n);
-                        super::stats::add(&kvs.worker(worker).bytes_written, n as u64);
-                    }
-                    Err(e) => {
-                        log::debug!("kvs: send on {conn:?} failed: {e}");
-                        let _ = cx.abort(conn);
-                        self.forget(conn);
-                        return;
-                    }
+        let Some(c) = lookup(&mut self.conns, conn) else {
+            return;
+        };
+        match flush(cx, c, &self.kvs, self.worker, now) {
+            Flow::Open => {}
+            Flow::Done => {
+                if c.peer_closed && c.session.mid_request() {
+                    log::debug!("kvs: {conn:?} closed in the middle of a request");
+                }
+                let _ = cx.close(conn);
+                self.forget(conn);
+            }
+            Flow::Failed => {
+                let _ = cx.abort(conn);
+                self.forget(conn);
+            }
+        }
+    }
+}
+
+/// The live connection for `conn`, if it is still ours.
+#[inline]
+fn lookup(conns: &mut [Option<Connection>], conn: Conn) -> Option<&mut Connection> {
+    conns
+        .get_mut(conn.index())
+        .and_then(Option::as_mut)
+        .filter(|c| c.conn == conn)
+}
+
+/// What a connection should do after [`flush`].
+enum Flow {
+    /// Keep going.
+    Open,
+    /// Everything is sent and the connection is finished: close it.
+    Done,
+    /// Sending failed: reset it.
+    Failed,
+}
+
+/// Sends queued replies while the window takes them, parsing held input
+/// whenever the backlog has room.
+fn flush(cx: &mut Cx, c: &mut Connection, kvs: &Kvs, worker: usize, now: RelTime) -> Flow {
+    loop {
+        if !c.session.replies().is_empty() {
+            match cx.sendv(c.conn, c.session.replies()) {
+                Ok(n) => {
+                    c.session.consume(n);
+                    super::stats::add(&kvs.worker(worker).bytes_written, n as u64);
+                }
+                Err(e) => {
+                    log::debug!("kvs: send on {:?} failed: {e}", c.conn);
+                    return Flow::Failed;
                 }
             }
-            if c.session.is_blocked() || c.held.is_empty() {
+        }
+        if c.session.is_blocked() || c.held.is_empty() {
+            break;
+        }
+        while let Some(buf) = c.held.front() {
+            let used = c.session.feed(&buf[c.held_off..], kvs, worker, now);
+            c.held_off += used;
+            if c.held_off < buf.len() {
                 break;
             }
-            // The backlog has room: parse held input.
-            while let Some(buf) = c.held.front() {
-                let used = c.session.feed(&buf[c.held_off..], &kvs, worker, now);
-                c.held_off += used;
-                if c.held_off < buf.len() {
-                    break;
-                }
-                c.held.pop_front();
-                c.held_off = 0;
-            }
+            c.held.pop_front();
+            c.held_off = 0;
         }
-        let done = c.session.replies().is_empty()
-            && (c.session.wants_close() || (c.peer_closed && c.held.is_empty()));
-        if done {
-            if c.peer_closed && c.session.mid_request() {
-                log::debug!("kvs: {conn:?} closed in the middle of a request");
-            }
-            let _ = cx.close(conn);
-            self.forget(conn);
-        }
+    }
+    let finished = c.session.wants_close() || (c.peer_closed && c.held.is_empty());
+    if c.session.replies().is_empty() && finished {
+        Flow::Done
+    } else {
+        Flow::Open
     }
 }
 
@@ -149,13 +176,14 @@ impl App for IxKvs {
 
     fn recv(&mut self, cx: &mut Cx, conn: Conn, data: RxBuf) {
         let now = self.kvs.now(cx.now());
-        let (kvs, worker) = (self.kvs.clone(), self.worker);
-        let Some(c) = self.conn_mut(conn) else { return };
+        let Some(c) = lookup(&mut self.conns, conn) else {
+            return;
+        };
         if !c.held.is_empty() || c.session.is_blocked() {
             c.held.push_back(data);
             return;
         }
-        let used = c.session.feed(&data, &kvs, worker, now);
+        let used = c.session.feed(&data, &self.kvs, self.worker, now);
         if used < data.len() {
             c.held_off = used;
             c.held.push_back(data);
@@ -170,7 +198,7 @@ impl App for IxKvs {
 
     fn dead(&mut self, cx: &mut Cx, conn: Conn, why: Dead) {
         if matches!(why, Dead::PeerClosed) {
-            if let Some(c) = self.conn_mut(conn) {
+            if let Some(c) = lookup(&mut self.conns, conn) {
                 c.peer_closed = true;
             }
             self.pump(cx, conn);

@@ -26,6 +26,7 @@ use std::time::Duration;
 use libix::Instant;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::clock::RelTime;
 use super::session::Session;
 use super::stats::{add, dec, inc};
 use super::Kvs;
@@ -267,7 +268,7 @@ impl Worker {
         }
     }
 
-    fn serve(&mut self, slot: usize, now: u32) {
+    fn serve(&mut self, slot: usize, now: RelTime) {
         let Some(Some(c)) = self.conns.get_mut(slot) else {
             return;
         };
@@ -305,7 +306,7 @@ impl Worker {
 
 /// Reads what the socket has (unless the connection is blocked) and feeds
 /// it to the session. False if the connection failed.
-fn read(c: &mut Connection, buf: &mut [u8], kvs: &Kvs, w: usize, now: u32) -> bool {
+fn read(c: &mut Connection, buf: &mut [u8], kvs: &Kvs, w: usize, now: RelTime) -> bool {
     for _ in 0..READS_PER_EVENT {
         if c.peer_closed || !c.stash.is_empty() || c.session.is_blocked() {
             return true;
@@ -332,7 +333,7 @@ fn read(c: &mut Connection, buf: &mut [u8], kvs: &Kvs, w: usize, now: u32) -> bo
 
 /// Writes queued replies until the socket is full, feeding stashed input
 /// whenever the backlog drains. False if the connection failed.
-fn write(c: &mut Connection, kvs: &Kvs, w: usize, now: u32) -> bool {
+fn write(c: &mut Connection, kvs: &Kvs, w: usize, now: RelTime) -> bool {
     loop {
         if !c.stash.is_empty() && !c.session.is_blocked() {
             let used = c.session.feed(&c.stash, kvs, w, now);
