@@ -20,6 +20,35 @@
 //!
 //! [`Kvs`] is what both servers share: the store, the clock, the
 //! per-worker counters.
+//!
+//! # Starting a server
+//!
+//! ```no_run
+//! use ix_tools::kvs::linux_server::{LinuxOptions, LinuxServer};
+//! use ix_tools::kvs::store::StoreConfig;
+//! use ix_tools::kvs::{ix_server, Kvs};
+//!
+//! // The baseline: Linux sockets, two threads, any free port.
+//! let kvs = Kvs::shared(StoreConfig::default(), 2);
+//! let opts = LinuxOptions { listen: "127.0.0.1:0".parse()?, threads: 2, cpus: vec![] };
+//! let linux = LinuxServer::start(kvs, &opts)?;
+//! println!("linux kvs on {}", linux.local_addr());
+//! linux.stop();
+//! linux.join()?;
+//!
+//! // The dataplane: two elastic threads on a memif wire (this end is the
+//! // master; the load generator connects as the slave with two cores).
+//! let mut cfg = libix::Config::memif_master("/tmp/kvs.sock", "10.0.0.1".parse()?);
+//! cfg.cores = vec![Some(0), Some(1)];
+//! let kvs = Kvs::shared(StoreConfig::default(), cfg.cores.len());
+//! let dp = ix_server::start(cfg, kvs, ix_tools::kvs::DEFAULT_PORT)?;
+//! dp.stop();
+//! dp.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The `ixkvs` binary wraps both (`--stack ix|linux`) and also runs as a
+//! dataplane launched by `ixctl launch`.
 
 use std::sync::Arc;
 
