@@ -506,6 +506,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn random_requests_never_panic_and_replies_stay_bounded(
+            words in proptest::collection::vec(proptest::sample::select(vec![
+                "get ", "gets ", "set ", "add ", "append ", "cas ", "incr ", "decr ", "delete ",
+                "touch ", "flush_all", "stats", "k ", "k2 ", "0 ", "1 ", "3 ", "-1 ", "99 ",
+                "noreply", "abc", "\r\n", "\n", " ", "\x01",
+            ]), 0..300),
+            cut in 0usize..4000,
+        ) {
+            let text = words.concat();
+            let bytes = text.as_bytes();
+            let kvs = kvs();
+            let mut s = Session::new(1 << 20);
+            let (a, b) = bytes.split_at(cut.min(bytes.len()));
+            for piece in [a, b] {
+                let used = s.feed(piece, &kvs, 0, 10);
+                proptest::prop_assert!(used == piece.len() || s.is_blocked());
+                drain(&mut s);
+            }
+            proptest::prop_assert!(kvs.store().stats().bytes <= kvs.store().stats().limit_maxbytes);
+        }
+    }
+
     #[test]
     fn consume_advances_through_partial_buffers() {
         let kvs = kvs();
