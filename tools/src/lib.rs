@@ -4,6 +4,8 @@
 //! - [`bench`](mod@bench): benchmarks that run the same application logic on our
 //!   dataplane and on the Linux kernel and report both side by side.
 //! - [`commands`]: runs a parsed command and writes its report.
+//! - [`kvs`]: `ixkvs`, the memcached-compatible key-value server on libix
+//!   and on Linux sockets.
 //! - [`nic_args`]: the flags and start-up shared by application programs
 //!   (a memif wire of their own, or resources from ixcpd).
 //! - [`sys`]: the few Linux system calls `std` lacks (epoll, CPU affinity,
@@ -15,6 +17,7 @@ pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod echo;
+pub mod kvs;
 pub mod nic_args;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -1,0 +1,1117 @@
+//! The memcached text protocol: an incremental, zero-copy request parser.
+//!
+//! Follows memcached's `protocol.txt` (text protocol: storage commands
+//! `set`/`add`/`replace`/`append`/`prepend`/`cas`, retrieval `get`/`gets`,
+//! `delete`, `incr`/`decr`, `touch`, `flush_all`, `stats`, `version`,
+//! `verbosity`, `quit`) and, where the document is silent, what memcached
+//! 1.6 answers on the wire: tokens are split on spaces only (runs of spaces
+//! and leading spaces are ignored), a line ends at `\n` with one optional
+//! `\r` before it, numbers are read as C's `strtoul`/`strtol` read them
+//! (leading white space and a sign accepted, a 32-bit flags or exptime
+//! that overflows is truncated, as memcached's `safe_strto*` helpers do), a
+//! data block is exactly `<bytes>` bytes plus two that must be `\r\n`
+//! (otherwise `CLIENT_ERROR bad data chunk`, and parsing resumes after those
+//! bytes), and a trailing `noreply` silences every reply of its command,
+//! errors included.
+//!
+//! Input arrives in pieces of any size ([`Parser::next`] takes whatever the
+//! transport received). A command line that lies within one piece is parsed
+//! in place: the [`Event`] borrows the caller's bytes. Only a line that spans
+//! pieces is copied into the parser's line buffer, and data blocks are handed
+//! out piece by piece ([`Event::Data`]) for the caller to copy straight into
+//! the item being built.
+//!
+//! Where this parser deliberately differs from memcached:
+//! - Keys with control characters (bytes below 0x21, or 0x7f) are refused
+//!   with `CLIENT_ERROR bad command line format`, as `protocol.txt` requires;
+//!   memcached accepts them.
+//! - A command line longer than [`MAX_LINE`] bytes (a `get`/`gets` line:
+//!   [`MAX_GET_LINE`]) gets `CLIENT_ERROR line too long` and the connection
+//!   is closed ([`Event::Close`]), whether or not its `\n` has arrived.
+//!   memcached closes silently, and only when the `\n` is missing from its
+//!   read buffer, so its behaviour depends on how the bytes were segmented;
+//!   ours does not. This bounds the memory a connection can make us hold.
+//! - `stats` takes no argument (`stats <group>` answers `ERROR`).
+
+use thiserror::Error;
+
+/// Longest key, in bytes.
+pub const MAX_KEY_LEN: usize = 250;
+/// Longest command line (without its `\n`), except `get`/`gets` lines.
+pub const MAX_LINE: usize = 2048;
+/// Longest `get`/`gets` line: room for more than 1,000 keys of 50 bytes.
+pub const MAX_GET_LINE: usize = 64 * 1024;
+/// Bytes an item is charged besides its key and value when its size is
+/// checked against the item size limit (the reply header and bookkeeping).
+pub const ITEM_OVERHEAD: usize = 64;
+
+/// Most tokens any command other than `get`/`gets` takes.
+const MAX_TOKENS: usize = 8;
+
+/// An error reply the protocol defines. `Display` is the reply's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum ProtocolError {
+    /// Unknown command, or a known one with the wrong number of tokens.
+    #[error("ERROR")]
+    UnknownCommand,
+    /// A token is malformed (key too long, number unreadable, ...).
+    #[error("CLIENT_ERROR bad command line format")]
+    BadFormat,
+    /// `delete` with a hold time other than 0.
+    #[error("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]")]
+    DeleteUsage,
+    /// `touch` or `flush_all` with an unreadable time.
+    #[error("CLIENT_ERROR invalid exptime argument")]
+    InvalidExptime,
+    /// `incr`/`decr` with an unreadable delta.
+    #[error("CLIENT_ERROR invalid numeric delta argument")]
+    InvalidDelta,
+    /// A data block not terminated by `\r\n` where its length says.
+    #[error("CLIENT_ERROR bad data chunk")]
+    BadDataChunk,
+    /// A command line longer than the limit: the connection is closed.
+    #[error("CLIENT_ERROR line too long")]
+    LineTooLong,
+    /// A value larger than the item size limit (its bytes are skipped).
+    #[error("SERVER_ERROR object too large for cache")]
+    TooLarge,
+}
+
+impl ProtocolError {
+    /// The reply on the wire, `\r\n` included.
+    pub fn reply(self) -> &'static [u8] {
+        match self {
+            ProtocolError::UnknownCommand => b"ERROR\r\n",
+            ProtocolError::BadFormat => b"CLIENT_ERROR bad command line format\r\n",
+            ProtocolError::DeleteUsage => {
+                b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"
+            }
+            ProtocolError::InvalidExptime => b"CLIENT_ERROR invalid exptime argument\r\n",
+            ProtocolError::InvalidDelta => b"CLIENT_ERROR invalid numeric delta argument\r\n",
+            ProtocolError::BadDataChunk => b"CLIENT_ERROR bad data chunk\r\n",
+            ProtocolError::LineTooLong => b"CLIENT_ERROR line too long\r\n",
+            ProtocolError::TooLarge => b"SERVER_ERROR object too large for cache\r\n",
+        }
+    }
+}
+
+/// The storage commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Store unconditionally.
+    Set,
+    /// Store only if the key is absent.
+    Add,
+    /// Store only if the key is present.
+    Replace,
+    /// Add the data after the present value.
+    Append,
+    /// Add the data before the present value.
+    Prepend,
+    /// Store only if the item is unchanged since the client's `gets`.
+    Cas,
+}
+
+/// The line of a storage command; its data block follows as
+/// [`Event::Data`] pieces and ends with [`Event::DataEnd`] (or a
+/// [`ProtocolError::BadDataChunk`] error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreHeader<'a> {
+    /// Which storage command.
+    pub op: StoreOp,
+    /// The key (valid: 1..=250 bytes, no control characters).
+    pub key: &'a [u8],
+    /// Opaque client flags.
+    pub flags: u32,
+    /// Expiry as the client sent it: 0 never, up to 30 days relative
+    /// seconds, beyond that an absolute Unix time, negative expired.
+    pub exptime: i32,
+    /// Length of the data block (without its `\r\n`).
+    pub len: u32,
+    /// The `cas` command's unique value (0 for the other commands).
+    pub cas: u64,
+    /// Send no reply.
+    pub noreply: bool,
+}
+
+/// The keys of a `get`/`gets` line, all already checked to be valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys<'a>(&'a [u8]);
+
+impl<'a> Keys<'a> {
+    /// The keys in request order (duplicates included).
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.0.split(|&b| b == b' ').filter(|k| !k.is_empty())
+    }
+}
+
+/// A complete command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `get`/`gets <key>*`.
+    Get {
+        /// The keys.
+        keys: Keys<'a>,
+        /// `gets`: replies carry the cas unique value.
+        cas: bool,
+    },
+    /// A storage command; its data follows.
+    Store(StoreHeader<'a>),
+    /// `delete <key> [0] [noreply]`.
+    Delete {
+        /// The key.
+        key: &'a [u8],
+        /// Send no reply.
+        noreply: bool,
+    },
+    /// `incr`/`decr <key> <delta> [noreply]`.
+    Arith {
+        /// The key.
+        key: &'a [u8],
+        /// The amount.
+        delta: u64,
+        /// `incr` (wraps at 2^64) or `decr` (stops at 0).
+        incr: bool,
+        /// Send no reply.
+        noreply: bool,
+    },
+    /// `touch <key> <exptime> [noreply]`.
+    Touch {
+        /// The key.
+        key: &'a [u8],
+        /// The new expiry, as in [`StoreHeader::exptime`].
+        exptime: i32,
+        /// Send no reply.
+        noreply: bool,
+    },
+    /// `flush_all [delay] [noreply]`.
+    FlushAll {
+        /// Seconds until the flush takes effect (0 or negative: now).
+        delay: i32,
+        /// Send no reply.
+        noreply: bool,
+    },
+    /// `stats`.
+    Stats,
+    /// `version`.
+    Version,
+    /// `verbosity <level> [noreply]` (accepted, has no effect).
+    Verbosity {
+        /// Send no reply.
+        noreply: bool,
+    },
+    /// `quit`: close the connection.
+    Quit,
+}
+
+/// What the parser found next in the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A command line.
+    Command(Command<'a>),
+    /// The next piece of the data block of the last [`Command::Store`].
+    Data(&'a [u8]),
+    /// The data block is complete and correctly terminated.
+    DataEnd,
+    /// Reply with `error` unless `noreply`. After
+    /// [`ProtocolError::BadDataChunk`] the pending store is abandoned.
+    Error {
+        /// The error reply.
+        error: ProtocolError,
+        /// The command asked for no reply.
+        noreply: bool,
+    },
+    /// A storage command's value exceeds the item size limit: reply
+    /// [`ProtocolError::TooLarge`] unless `noreply`; its data block is
+    /// skipped. memcached also drops the key's old value for `set`.
+    TooLarge {
+        /// The storage command.
+        op: StoreOp,
+        /// Its key.
+        key: &'a [u8],
+        /// Send no reply.
+        noreply: bool,
+    },
+    /// Reply with the error, then close the connection; the parser ignores
+    /// all further input.
+    Close(ProtocolError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a command line.
+    Line,
+    /// Reading the value bytes of a data block.
+    Data { left: u32, noreply: bool },
+    /// Reading the two terminator bytes of a data block.
+    Tail { seen: u8, ok: bool, noreply: bool },
+    /// Skipping the data block of a refused storage command.
+    Swallow { left: u64 },
+    /// The connection is done (quit, or a fatal error).
+    Closed,
+}
+
+/// The incremental parser of one connection's requests.
+#[derive(Debug)]
+pub struct Parser {
+    state: State,
+    /// A command line that spans input pieces, reassembled (bounded by
+    /// [`MAX_GET_LINE`]).
+    line: Vec<u8>,
+    /// `line` was handed out in the last event: clear it on the next call.
+    line_used: bool,
+    item_max: usize,
+}
+
+impl Parser {
+    /// A parser refusing items larger than `item_max` bytes (value + key +
+    /// [`ITEM_OVERHEAD`]).
+    pub fn new(item_max: usize) -> Parser {
+        Parser {
+            state: State::Line,
+            line: Vec::new(),
+            line_used: false,
+            item_max,
+        }
+    }
+
+    /// Whether the connection is done (after `quit` or [`Event::Close`]).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Whether the parser is between commands (not inside a data block or
+    /// a partial line): a good place to pause reading.
+    pub fn at_command_boundary(&self) -> bool {
+        self.state == State::Line && self.line.is_empty()
+    }
+
+    /// Takes bytes from the front of `input` and returns the next event, or
+    /// `None` once `input` is used up (a partial line is kept for the next
+    /// call). Never panics, whatever the bytes.
+    pub fn next<'a, 'b: 'a>(&'a mut self, input: &mut &'b [u8]) -> Option<Event<'a>> {
+        if self.line_used {
+            self.line.clear();
+            self.line_used = false;
+        }
+        loop {
+            match self.state {
+                State::Closed => {
+                    *input = &[];
+                    return None;
+                }
+                State::Line => {
+                    if input.is_empty() {
+                        return None;
+                    }
+                    let Some(nl) = input.iter().position(|&b| b == b'\n') else {
+                        let total = self.line.len() + input.len();
+                        if total > line_limit(&self.line, input) {
+                            self.line = Vec::new();
+                            self.state = State::Closed;
+                            *input = &[];
+                            return Some(Event::Close(ProtocolError::LineTooLong));
+                        }
+                        self.line.extend_from_slice(input);
+                        *input = &[];
+                        return None;
+                    };
+                    let (head, rest) = input.split_at(nl);
+                    *input = &rest[1..];
+                    if self.line.len() + head.len() > line_limit(&self.line, head) {
+                        self.line = Vec::new();
+                        self.state = State::Closed;
+                        *input = &[];
+                        return Some(Event::Close(ProtocolError::LineTooLong));
+                    }
+                    let line: &'a [u8] = if self.line.is_empty() {
+                        head
+                    } else {
+                        self.line.extend_from_slice(head);
+                        self.line_used = true;
+                        &self.line
+                    };
+                    let (event, next) = parse_line(strip_cr(line), self.item_max);
+                    self.state = next;
+                    return Some(event);
+                }
+                State::Data { left: 0, noreply } => {
+                    self.state = State::Tail {
+                        seen: 0,
+                        ok: true,
+                        noreply,
+                    };
+                }
+                State::Data { left, noreply } => {
+                    if input.is_empty() {
+                        return None;
+                    }
+                    let n = input.len().min(left as usize);
+                    let (data, rest) = input.split_at(n);
+                    *input = rest;
+                    self.state = State::Data {
+                        left: left - n as u32,
+                        noreply,
+                    };
+                    return Some(Event::Data(data));
+                }
+                State::Tail {
+                    mut seen,
+                    mut ok,
+                    noreply,
+                } => {
+                    while seen < 2 {
+                        let Some((&b, rest)) = input.split_first() else {
+                            self.state = State::Tail { seen, ok, noreply };
+                            return None;
+                        };
+                        *input = rest;
+                        ok &= b == if seen == 0 { b'\r' } else { b'\n' };
+                        seen += 1;
+                    }
+                    self.state = State::Line;
+                    return Some(if ok {
+                        Event::DataEnd
+                    } else {
+                        Event::Error {
+                            error: ProtocolError::BadDataChunk,
+                            noreply,
+                        }
+                    });
+                }
+                State::Swallow { left } => {
+                    if input.is_empty() {
+                        return None;
+                    }
+                    let n = (input.len() as u64).min(left);
+                    *input = &input[n as usize..];
+                    self.state = if n == left {
+                        State::Line
+                    } else {
+                        State::Swallow { left: left - n }
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The length limit of the line beginning with `a` then `b`: `get`/`gets`
+/// lines may be longer than the others.
+fn line_limit(a: &[u8], b: &[u8]) -> usize {
+    let mut head = [0u8; 5];
+    let mut n = 0;
+    for &c in a.iter().chain(b).skip_while(|&&c| c == b' ') {
+        if n == head.len() {
+            break;
+        }
+        head[n] = c;
+        n += 1;
+    }
+    if head[..n].starts_with(b"get ") || head[..n].starts_with(b"gets ") {
+        MAX_GET_LINE
+    } else {
+        MAX_LINE
+    }
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    match line {
+        [rest @ .., b'\r'] => rest,
+        _ => line,
+    }
+}
+
+/// Whether `key` may be stored: 1..=250 bytes, no control characters or
+/// spaces.
+pub fn valid_key(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.iter().all(|&b| b > b' ' && b != 0x7f)
+}
+
+fn error(error: ProtocolError, noreply: bool) -> (Event<'static>, State) {
+    (Event::Error { error, noreply }, State::Line)
+}
+
+fn command(c: Command<'_>) -> (Event<'_>, State) {
+    (Event::Command(c), State::Line)
+}
+
+/// Parses one command line (without its line end).
+fn parse_line(line: &[u8], item_max: usize) -> (Event<'_>, State) {
+    let mut toks: [&[u8]; MAX_TOKENS] = [&[]; MAX_TOKENS];
+    let mut n = 0;
+    let mut too_many = false;
+    for t in line.split(|&b| b == b' ').filter(|t| !t.is_empty()) {
+        if n == MAX_TOKENS {
+            too_many = true;
+            break;
+        }
+        toks[n] = t;
+        n += 1;
+    }
+    if n == 0 {
+        return error(ProtocolError::UnknownCommand, false);
+    }
+    let cmd = toks[0];
+    match cmd {
+        b"get" | b"gets" => return parse_get(line, cmd.len(), cmd == b"gets"),
+        b"version" => return command(Command::Version),
+        b"quit" => return (Event::Command(Command::Quit), State::Closed),
+        _ if too_many => return error(ProtocolError::UnknownCommand, false),
+        _ => {}
+    }
+    let toks = &toks[..n];
+    // memcached's set_noreply_maybe: the last token decides.
+    let noreply = n > 1 && toks[n - 1] == b"noreply";
+    match cmd {
+        b"set" => parse_store(StoreOp::Set, toks, noreply, item_max),
+        b"add" => parse_store(StoreOp::Add, toks, noreply, item_max),
+        b"replace" => parse_store(StoreOp::Replace, toks, noreply, item_max),
+        b"append" => parse_store(StoreOp::Append, toks, noreply, item_max),
+        b"prepend" => parse_store(StoreOp::Prepend, toks, noreply, item_max),
+        b"cas" => parse_store(StoreOp::Cas, toks, noreply, item_max),
+        b"delete" => parse_delete(toks, noreply),
+        b"incr" | b"decr" => {
+            if !(3..=4).contains(&n) {
+                return error(ProtocolError::UnknownCommand, false);
+            }
+            if !valid_key(toks[1]) {
+                return error(ProtocolError::BadFormat, noreply);
+            }
+            match safe_strtoull(toks[2]) {
+                Some(delta) => command(Command::Arith {
+                    key: toks[1],
+                    delta,
+                    incr: cmd == b"incr",
+                    noreply,
+                }),
+                None => error(ProtocolError::InvalidDelta, noreply),
+            }
+        }
+        b"touch" => {
+            if !(3..=4).contains(&n) {
+                return error(ProtocolError::UnknownCommand, false);
+            }
+            if !valid_key(toks[1]) {
+                return error(ProtocolError::BadFormat, noreply);
+            }
+            match safe_strtol(toks[2]) {
+                Some(exptime) => command(Command::Touch {
+                    key: toks[1],
+                    exptime,
+                    noreply,
+                }),
+                None => error(ProtocolError::InvalidExptime, noreply),
+            }
+        }
+        b"flush_all" => {
+            if n > 3 {
+                return error(ProtocolError::UnknownCommand, false);
+            }
+            let delay = if n == if noreply { 2 } else { 1 } {
+                0
+            } else {
+                match safe_strtol(toks[1]) {
+                    Some(d) => d,
+                    None => return error(ProtocolError::InvalidExptime, noreply),
+                }
+            };
+            command(Command::FlushAll { delay, noreply })
+        }
+        b"verbosity" if (2..=3).contains(&n) => command(Command::Verbosity { noreply }),
+        b"stats" if n == 1 => command(Command::Stats),
+        _ => error(ProtocolError::UnknownCommand, false),
+    }
+}
+
+fn parse_get(line: &[u8], cmd_len: usize, cas: bool) -> (Event<'_>, State) {
+    let start = line.iter().position(|&b| b != b' ').unwrap_or(0) + cmd_len;
+    let keys = Keys(&line[start..]);
+    let mut any = false;
+    for k in keys.iter() {
+        if !valid_key(k) {
+            return error(ProtocolError::BadFormat, false);
+        }
+        any = true;
+    }
+    if !any {
+        return error(ProtocolError::UnknownCommand, false);
+    }
+    command(Command::Get { keys, cas })
+}
+
+fn parse_store<'a>(
+    op: StoreOp,
+    toks: &[&'a [u8]],
+    noreply: bool,
+    item_max: usize,
+) -> (Event<'a>, State) {
+    let base = if op == StoreOp::Cas { 6 } else { 5 };
+    if toks.len() != base && toks.len() != base + 1 {
+        return error(ProtocolError::UnknownCommand, false);
+    }
+    let key = toks[1];
+    if !valid_key(key) {
+        return error(ProtocolError::BadFormat, noreply);
+    }
+    let (Some(flags), Some(exptime), Some(vlen)) = (
+        safe_strtoul(toks[2]),
+        safe_strtol(toks[3]),
+        safe_strtol(toks[4]),
+    ) else {
+        return error(ProtocolError::BadFormat, noreply);
+    };
+    let cas = if op == StoreOp::Cas {
+        match safe_strtoull(toks[5]) {
+            Some(c) => c,
+            None => return error(ProtocolError::BadFormat, noreply),
+        }
+    } else {
+        0
+    };
+    if !(0..=i32::MAX - 2).contains(&vlen) {
+        return error(ProtocolError::BadFormat, noreply);
+    }
+    let len = vlen as u32;
+    if len as usize + key.len() + ITEM_OVERHEAD > item_max {
+        return (
+            Event::TooLarge { op, key, noreply },
+            State::Swallow {
+                left: u64::from(len) + 2,
+            },
+        );
+    }
+    (
+        Event::Command(Command::Store(StoreHeader {
+            op,
+            key,
+            flags,
+            exptime,
+            len,
+            cas,
+            noreply,
+        })),
+        State::Data { left: len, noreply },
+    )
+}
+
+fn parse_delete<'a>(toks: &[&'a [u8]], noreply: bool) -> (Event<'a>, State) {
+    let n = toks.len();
+    if !(2..=4).contains(&n) {
+        return error(ProtocolError::UnknownCommand, false);
+    }
+    if n > 2 {
+        let hold_is_zero = toks[2] == b"0";
+        let valid = (n == 3 && (hold_is_zero || noreply)) || (n == 4 && hold_is_zero && noreply);
+        if !valid {
+            return error(ProtocolError::DeleteUsage, noreply);
+        }
+    }
+    if !valid_key(toks[1]) {
+        return error(ProtocolError::BadFormat, noreply);
+    }
+    command(Command::Delete {
+        key: toks[1],
+        noreply,
+    })
+}
+
+/// C's `isspace` in the "C" locale.
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// C's `strtoull` on a token or value: skips leading white space, takes an
+/// optional sign and at least one digit. Returns the value (negated modulo
+/// 2^64 after a `-`, as C does) and whether there was a `-`; `None` when
+/// there is no digit, the magnitude overflows 64 bits, or the digits are
+/// followed by anything but white space or a NUL.
+fn c_strtoull(s: &[u8]) -> Option<(u64, bool)> {
+    let mut i = 0;
+    while i < s.len() && is_c_space(s[i]) {
+        i += 1;
+    }
+    let mut neg = false;
+    if i < s.len() && (s[i] == b'+' || s[i] == b'-') {
+        neg = s[i] == b'-';
+        i += 1;
+    }
+    let start = i;
+    let mut v: u64 = 0;
+    while i < s.len() && s[i].is_ascii_digit() {
+        v = v.checked_mul(10)?.checked_add(u64::from(s[i] - b'0'))?;
+        i += 1;
+    }
+    if i == start || (i < s.len() && !is_c_space(s[i]) && s[i] != 0) {
+        return None;
+    }
+    Some((if neg { v.wrapping_neg() } else { v }, neg))
+}
+
+/// memcached's `safe_strtoull`: as [`c_strtoull`], refusing a negative
+/// number unless its negation is small (C's quirk: `-0` is 0).
+pub fn safe_strtoull(s: &[u8]) -> Option<u64> {
+    let (v, neg) = c_strtoull(s)?;
+    if neg && (v as i64) < 0 {
+        return None;
+    }
+    Some(v)
+}
+
+/// memcached's `safe_strtoul` into a 32-bit value: read as 64 bits, then
+/// truncated (so 4294967296 reads as 0, as memcached stores it).
+fn safe_strtoul(s: &[u8]) -> Option<u32> {
+    safe_strtoull(s).map(|v| v as u32)
+}
+
+/// memcached's `safe_strtol` into a 32-bit value: C's `strtol` (64-bit
+/// range), then truncated.
+fn safe_strtol(s: &[u8]) -> Option<i32> {
+    let (v, neg) = c_strtoull(s)?;
+    let magnitude = if neg { v.wrapping_neg() } else { v };
+    let value: i64 = if neg {
+        if magnitude > 1 << 63 {
+            return None;
+        }
+        (magnitude as i64).wrapping_neg()
+    } else {
+        i64::try_from(magnitude).ok()?
+    };
+    Some(value as i32)
+}
+
+/// Parses a stored value as `incr`/`decr` do (memcached reads it with
+/// `safe_strtoull`; the value is followed by `\r\n` in its memory).
+pub fn parse_counter(value: &[u8]) -> Option<u64> {
+    safe_strtoull(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1024 * 1024;
+
+    /// Every event, with borrowed bytes turned into owned ones, and data
+    /// pieces merged.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Owned {
+        Get(Vec<Vec<u8>>, bool),
+        Store(StoreOp, Vec<u8>, u32, i32, u32, u64, bool),
+        Data(Vec<u8>),
+        DataEnd,
+        Other(String),
+        Error(ProtocolError, bool),
+        TooLarge(StoreOp, Vec<u8>, bool),
+        Close(ProtocolError),
+    }
+
+    fn own(e: Event<'_>, out: &mut Vec<Owned>) {
+        let o = match e {
+            Event::Command(Command::Get { keys, cas }) => {
+                Owned::Get(keys.iter().map(<[u8]>::to_vec).collect(), cas)
+            }
+            Event::Command(Command::Store(h)) => Owned::Store(
+                h.op,
+                h.key.to_vec(),
+                h.flags,
+                h.exptime,
+                h.len,
+                h.cas,
+                h.noreply,
+            ),
+            Event::Command(c) => Owned::Other(format!("{c:?}")),
+            Event::Data(d) => {
+                if let Some(Owned::Data(prev)) = out.last_mut() {
+                    prev.extend_from_slice(d);
+                    return;
+                }
+                Owned::Data(d.to_vec())
+            }
+            Event::DataEnd => Owned::DataEnd,
+            Event::Error { error, noreply } => Owned::Error(error, noreply),
+            Event::TooLarge { op, key, noreply } => Owned::TooLarge(op, key.to_vec(), noreply),
+            Event::Close(e) => Owned::Close(e),
+        };
+        out.push(o);
+    }
+
+    fn parse_pieces(pieces: &[&[u8]]) -> Vec<Owned> {
+        let mut p = Parser::new(MAX);
+        let mut out = Vec::new();
+        for piece in pieces {
+            let mut input = *piece;
+            while let Some(e) = p.next(&mut input) {
+                own(e, &mut out);
+            }
+            assert!(input.is_empty(), "the parser leaves no input behind");
+        }
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Vec<Owned> {
+        parse_pieces(&[bytes])
+    }
+
+    fn err(e: ProtocolError) -> Owned {
+        Owned::Error(e, false)
+    }
+
+    #[test]
+    fn get_and_multi_get_list_their_keys() {
+        assert_eq!(
+            parse(b"get a\r\ngets  b  c d \r\n"),
+            vec![
+                Owned::Get(vec![b"a".to_vec()], false),
+                Owned::Get(vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()], true),
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_may_end_with_a_bare_newline_and_start_with_spaces() {
+        assert_eq!(
+            parse(b"  get a\nversion\n"),
+            vec![
+                Owned::Get(vec![b"a".to_vec()], false),
+                Owned::Other("Version".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn get_without_keys_and_unknown_commands_are_errors() {
+        use ProtocolError::UnknownCommand as U;
+        assert_eq!(
+            parse(b"get\r\ngets   \r\nGET a\r\nbogus\r\n\r\n \r\n"),
+            vec![err(U), err(U), err(U), err(U), err(U), err(U)]
+        );
+    }
+
+    #[test]
+    fn storage_commands_carry_their_fields_then_the_data() {
+        assert_eq!(
+            parse(b"set k 5 100 3\r\nabc\r\ncas k 1 0 2 77 noreply\r\nxy\r\n"),
+            vec![
+                Owned::Store(StoreOp::Set, b"k".to_vec(), 5, 100, 3, 0, false),
+                Owned::Data(b"abc".to_vec()),
+                Owned::DataEnd,
+                Owned::Store(StoreOp::Cas, b"k".to_vec(), 1, 0, 2, 77, true),
+                Owned::Data(b"xy".to_vec()),
+                Owned::DataEnd,
+            ]
+        );
+        for (name, op) in [
+            ("add", StoreOp::Add),
+            ("replace", StoreOp::Replace),
+            ("append", StoreOp::Append),
+            ("prepend", StoreOp::Prepend),
+        ] {
+            let line = format!("{name} key 0 -1 0\r\n\r\n");
+            assert_eq!(
+                parse(line.as_bytes()),
+                vec![
+                    Owned::Store(op, b"key".to_vec(), 0, -1, 0, 0, false),
+                    Owned::DataEnd
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn data_blocks_may_contain_line_ends_and_any_bytes() {
+        assert_eq!(
+            parse(b"set k 0 0 6\r\n\r\n\0\xff\r\n\r\n"),
+            vec![
+                Owned::Store(StoreOp::Set, b"k".to_vec(), 0, 0, 6, 0, false),
+                Owned::Data(b"\r\n\0\xff\r\n".to_vec()),
+                Owned::DataEnd,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_data_block_not_ending_in_crlf_is_a_bad_chunk_and_parsing_resumes_after_it() {
+        // memcached reads exactly <bytes>+2 bytes, then checks the last two.
+        assert_eq!(
+            parse(b"set x 0 0 3\r\nabcd\r\nget x\r\n"),
+            vec![
+                Owned::Store(StoreOp::Set, b"x".to_vec(), 0, 0, 3, 0, false),
+                Owned::Data(b"abc".to_vec()),
+                err(ProtocolError::BadDataChunk),
+                err(ProtocolError::UnknownCommand),
+                Owned::Get(vec![b"x".to_vec()], false),
+            ]
+        );
+        assert_eq!(
+            parse(b"set x 0 0 1 noreply\r\n12\r\n")[2],
+            Owned::Error(ProtocolError::BadDataChunk, true)
+        );
+    }
+
+    #[test]
+    fn storage_lines_with_bad_tokens_are_refused_without_reading_data() {
+        use ProtocolError::{BadFormat as B, UnknownCommand as U};
+        assert_eq!(
+            parse(
+                b"set x\r\nset x 0 0\r\nset x a 0 1\r\nset x 0 0 -1\r\nset x -1 0 1\r\n\
+                  set x 0 0 1 noreply extra\r\ncas x 0 0 1\r\ncas x 0 0 1 abc\r\n"
+            ),
+            vec![
+                err(U),
+                err(U),
+                err(B),
+                err(B),
+                err(B),
+                err(U),
+                err(U),
+                err(B)
+            ]
+        );
+        let long = format!("set {} 0 0 1\r\n", "k".repeat(251));
+        assert_eq!(parse(long.as_bytes()), vec![err(B)]);
+        assert_eq!(
+            parse(b"set k 0 0 noreply\r\n"),
+            vec![Owned::Error(B, true)],
+            "noreply is the last token, so the error is silent"
+        );
+    }
+
+    #[test]
+    fn numbers_are_read_as_memcached_reads_them() {
+        // Flags overflowing 32 bits are truncated; signs are accepted.
+        assert_eq!(
+            parse(b"set k 4294967296 +5 1\r\nA\r\n")[0],
+            Owned::Store(StoreOp::Set, b"k".to_vec(), 0, 5, 1, 0, false)
+        );
+        // An exptime beyond i32 wraps negative (expired), as memcached's does.
+        assert_eq!(
+            parse(b"set k 0 4000000000 1\r\nA\r\n")[0],
+            Owned::Store(StoreOp::Set, b"k".to_vec(), 0, -294967296, 1, 0, false)
+        );
+        assert_eq!(safe_strtoull(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(safe_strtoull(b"18446744073709551616"), None);
+        assert_eq!(safe_strtoull(b"-1"), None);
+        assert_eq!(safe_strtoull(b"-0"), Some(0));
+        assert_eq!(safe_strtoull(b"+7"), Some(7));
+        assert_eq!(safe_strtoull(b"5a"), None);
+        assert_eq!(safe_strtoull(b""), None);
+        assert_eq!(safe_strtoull(b"-"), None);
+        assert_eq!(safe_strtol(b"-9223372036854775808"), Some(0));
+        assert_eq!(safe_strtol(b"9223372036854775808"), None);
+        assert_eq!(safe_strtol(b"-2"), Some(-2));
+        assert_eq!(parse_counter(b" 5"), Some(5));
+        assert_eq!(parse_counter(b"5\t"), Some(5));
+        assert_eq!(parse_counter(b"9 "), Some(9));
+        assert_eq!(parse_counter(b"5\0x"), Some(5));
+        assert_eq!(parse_counter(b"-12"), None);
+        assert_eq!(parse_counter(b"abc"), None);
+        assert_eq!(parse_counter(b""), None);
+    }
+
+    #[test]
+    fn too_large_values_are_skipped_whole() {
+        let mut req = b"set big 0 0 2000000\r\n".to_vec();
+        req.extend(std::iter::repeat_n(b'x', 2_000_000));
+        req.extend_from_slice(b"\r\nget big\r\n");
+        assert_eq!(
+            parse(&req),
+            vec![
+                Owned::TooLarge(StoreOp::Set, b"big".to_vec(), false),
+                Owned::Get(vec![b"big".to_vec()], false)
+            ]
+        );
+        // The limit counts the key and the overhead too.
+        let fits = MAX - ITEM_OVERHEAD - 1;
+        assert!(matches!(
+            parse(format!("set k 0 0 {fits}\r\n").as_bytes())[0],
+            Owned::Store(..)
+        ));
+        assert!(matches!(
+            parse(format!("set k 0 0 {}\r\n", fits + 1).as_bytes())[0],
+            Owned::TooLarge(..)
+        ));
+    }
+
+    #[test]
+    fn delete_accepts_only_a_zero_hold_time() {
+        use ProtocolError::{DeleteUsage as D, UnknownCommand as U};
+        let out = parse(
+            b"delete a\r\ndelete a 0\r\ndelete a noreply\r\ndelete a 0 noreply\r\n\
+              delete a 1\r\ndelete\r\ndelete a b c d\r\n",
+        );
+        assert_eq!(
+            out[..4],
+            [
+                Owned::Other("Delete { key: [97], noreply: false }".into()),
+                Owned::Other("Delete { key: [97], noreply: false }".into()),
+                Owned::Other("Delete { key: [97], noreply: true }".into()),
+                Owned::Other("Delete { key: [97], noreply: true }".into()),
+            ]
+        );
+        assert_eq!(out[4..], [err(D), err(U), err(U)]);
+    }
+
+    #[test]
+    fn incr_decr_touch_flush_verbosity_and_their_errors() {
+        use ProtocolError::*;
+        let out = parse(
+            b"incr a 5\r\ndecr a 1 noreply\r\nincr a -1\r\nincr a\r\nincr b abc noreply\r\n\
+              touch a 10\r\ntouch a x\r\ntouch a\r\nflush_all\r\nflush_all 10\r\n\
+              flush_all noreply\r\nflush_all x\r\nflush_all 0 noreply\r\nverbosity 1\r\n\
+              verbosity\r\nstats\r\nstats items\r\nquit\r\nget a\r\n",
+        );
+        assert_eq!(
+            out,
+            vec![
+                Owned::Other("Arith { key: [97], delta: 5, incr: true, noreply: false }".into()),
+                Owned::Other("Arith { key: [97], delta: 1, incr: false, noreply: true }".into()),
+                err(InvalidDelta),
+                err(UnknownCommand),
+                Owned::Error(InvalidDelta, true),
+                Owned::Other("Touch { key: [97], exptime: 10, noreply: false }".into()),
+                err(InvalidExptime),
+                err(UnknownCommand),
+                Owned::Other("FlushAll { delay: 0, noreply: false }".into()),
+                Owned::Other("FlushAll { delay: 10, noreply: false }".into()),
+                Owned::Other("FlushAll { delay: 0, noreply: true }".into()),
+                err(InvalidExptime),
+                Owned::Other("FlushAll { delay: 0, noreply: true }".into()),
+                Owned::Other("Verbosity { noreply: false }".into()),
+                err(UnknownCommand),
+                Owned::Other("Stats".into()),
+                err(UnknownCommand),
+                Owned::Other("Quit".into()),
+            ],
+            "nothing after quit is parsed"
+        );
+    }
+
+    #[test]
+    fn keys_too_long_or_with_control_characters_are_refused() {
+        use ProtocolError::BadFormat as B;
+        let ok = format!("get {}\r\n", "k".repeat(250));
+        assert!(matches!(parse(ok.as_bytes())[0], Owned::Get(..)));
+        let long = format!("get a {} b\r\n", "k".repeat(251));
+        assert_eq!(parse(long.as_bytes()), vec![err(B)]);
+        assert_eq!(
+            parse(b"get a\x01b\r\nget a\tb\r\nget a\r\r\ndelete a\x7f\r\n"),
+            vec![err(B), err(B), err(B), err(B)]
+        );
+    }
+
+    #[test]
+    fn a_line_too_long_closes_the_connection_whether_or_not_it_ended() {
+        let mut p = Parser::new(MAX);
+        let junk = vec![b'x'; 1500];
+        let mut input = &junk[..];
+        assert_eq!(p.next(&mut input), None);
+        let mut input = &junk[..];
+        assert_eq!(
+            p.next(&mut input),
+            Some(Event::Close(ProtocolError::LineTooLong))
+        );
+        assert!(p.is_closed());
+        let mut input: &[u8] = b"get a\r\n";
+        assert_eq!(p.next(&mut input), None, "nothing more is parsed");
+        assert!(input.is_empty());
+
+        let mut long = vec![b'x'; MAX_LINE + 1];
+        long.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&long), vec![Owned::Close(ProtocolError::LineTooLong)]);
+    }
+
+    #[test]
+    fn a_long_multi_get_is_accepted_up_to_its_own_limit() {
+        let mut line = b"get".to_vec();
+        for _ in 0..3000 {
+            line.extend_from_slice(b" a");
+        }
+        let (head, tail) = line.split_at(2500);
+        let out = parse_pieces(&[head, tail, b"\r\n"]);
+        let Owned::Get(keys, false) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(keys.len(), 3000);
+        let huge = vec![b'a'; MAX_GET_LINE];
+        let out = parse_pieces(&[b"get ", &huge]);
+        assert_eq!(out, vec![Owned::Close(ProtocolError::LineTooLong)]);
+    }
+
+    #[test]
+    fn the_line_buffer_stays_bounded_under_endless_garbage() {
+        let mut p = Parser::new(MAX);
+        let junk = [b'z'; 997];
+        for _ in 0..100 {
+            let mut input = &junk[..];
+            while p.next(&mut input).is_some() {}
+            assert!(p.line.capacity() <= 2 * MAX_GET_LINE);
+        }
+        assert!(p.is_closed());
+    }
+
+    const SCRIPT: &[u8] = b"set a 1 0 5\r\nhello\r\nget a b\r\ngets a\r\nappend a 0 0 2\r\n!!\r\n\
+        incr n 3\r\ndelete a\r\nset x 0 0 3\r\nabcd\r\nbogus\r\ntouch a 5 noreply\r\n\
+        cas a 0 0 1 9\r\nZ\r\nset e 0 0 0\r\n\r\nflush_all\r\nversion\r\nquit\r\n";
+
+    #[test]
+    fn splitting_the_input_at_every_offset_gives_the_same_events() {
+        let whole = parse(SCRIPT);
+        assert_eq!(whole.len(), 24, "{whole:?}");
+        for i in 0..=SCRIPT.len() {
+            let (a, b) = SCRIPT.split_at(i);
+            assert_eq!(parse_pieces(&[a, b]), whole, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_input_gives_the_same_events() {
+        let pieces: Vec<&[u8]> = SCRIPT.chunks(1).collect();
+        assert_eq!(parse_pieces(&pieces), parse(SCRIPT));
+    }
+
+    #[test]
+    fn lines_within_one_piece_are_not_copied() {
+        let mut p = Parser::new(MAX);
+        let input_bytes = b"get abc\r\n".to_vec();
+        let mut input = &input_bytes[..];
+        let Some(Event::Command(Command::Get { keys, .. })) = p.next(&mut input) else {
+            panic!()
+        };
+        let key = keys.iter().next().unwrap();
+        assert!(std::ptr::eq(key.as_ptr(), input_bytes[4..].as_ptr()));
+        assert_eq!(p.line.capacity(), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic_and_leave_no_input(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..20)
+        ) {
+            let mut p = Parser::new(4096);
+            for c in &chunks {
+                let mut input = &c[..];
+                while p.next(&mut input).is_some() {}
+                proptest::prop_assert!(input.is_empty());
+                proptest::prop_assert!(p.line.len() <= MAX_GET_LINE);
+            }
+        }
+
+        #[test]
+        fn random_protocol_like_text_never_panics(
+            words in proptest::collection::vec(proptest::sample::select(vec![
+                "get", "gets", "set", "cas", "add", "incr", "decr", "delete", "touch", "flush_all",
+                "noreply", "0", "1", "-1", "5", "99999999999", "k", " ", "\r\n", "\n", "\r", "abc",
+                "stats", "verbosity", "append", "prepend", "replace", "quit", "version",
+            ]), 0..200),
+            split in 0usize..2000,
+        ) {
+            let text: String = words.concat();
+            let bytes = text.as_bytes();
+            let cut = split.min(bytes.len());
+            let whole = parse(bytes);
+            let (a, b) = bytes.split_at(cut);
+            proptest::prop_assert_eq!(parse_pieces(&[a, b]), whole);
+        }
+    }
+}
