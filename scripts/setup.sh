@@ -11,6 +11,10 @@ command -v ethtool >/dev/null || need+=(ethtool)
 command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
 command -v python3 >/dev/null || need+=(python3)
 command -v ping >/dev/null || need+=(iputils-ping)
+# The KVS benchmark's third row and the KVS interop tests.
+command -v memcached >/dev/null || need+=(memcached)
+command -v memcslap >/dev/null || need+=(libmemcached-tools)
+/usr/bin/python3 -c 'import pymemcache' 2>/dev/null || need+=(python3-pymemcache)
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
