@@ -140,7 +140,10 @@ fn a_short_sweep_measures_each_rate_it_chooses() {
     assert_eq!(r.points.len(), 3, "{r:?}");
     assert_eq!(r.points[0].offered_rps, 2_000.0);
     if let Some(best) = r.best_rps {
-        assert!(r.points.iter().any(|q| q.meets_slo && q.offered_rps == best));
+        assert!(r
+            .points
+            .iter()
+            .any(|q| q.meets_slo && q.offered_rps == best));
     }
     assert!(r.points.iter().all(|q| q.errors == 0 && q.hits == q.gets));
 }

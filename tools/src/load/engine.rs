@@ -15,9 +15,11 @@
 //! of outstanding requests; a GET hit must carry the key asked for and
 //! the value length that key was stored with.
 //!
-//! Steady state allocates nothing: outstanding queues and histograms are
-//! sized up front (a queue only grows if `max_outstanding` exceeds its
-//! initial capacity).
+//! Issuing and completing requests allocates nothing: outstanding queues
+//! and histograms are sized up front (a queue only grows if
+//! `max_outstanding` exceeds its initial capacity). Only the edges of a
+//! measured window (reading CPU times from procfs) and error paths
+//! allocate.
 
 use std::collections::VecDeque;
 use std::ops::Range;
