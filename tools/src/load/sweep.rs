@@ -10,8 +10,11 @@
 //! once at `max_rps`) until a point fails, then geometric bisection
 //! between the best passing and the lowest failing rate until they are
 //! within `resolution` of each other. If the first point already fails,
-//! the ramp goes down instead (÷`growth`) until one passes. At most
-//! `max_points` points are measured. The search is a pure function of the
+//! the ramp goes down instead (÷`growth`) until one passes. A point that
+//! failed with `generator_lagged` (the generator, not the server, missed
+//! its schedule — on a shared machine, often a preempted thread) is
+//! measured once more before it counts. At most `max_points` points are
+//! measured. The search is a pure function of the
 //! results it is shown ([`Search`] implements [`Planner`]), so it is
 //! tested against a latency model without a server.
 //!
@@ -104,6 +107,8 @@ pub struct Search {
     pass: Option<f64>,
     /// Lowest rate that did not.
     fail: Option<f64>,
+    /// The rate last measured again because the generator lagged.
+    retried: Option<f64>,
 }
 
 impl Search {
@@ -113,6 +118,7 @@ impl Search {
             p,
             pass: None,
             fail: None,
+            retried: None,
         }
     }
 }
@@ -126,6 +132,10 @@ impl Planner for Search {
             return None;
         }
         let rate = last.offered_rps;
+        if !last.meets_slo && last.generator_lagged && self.retried != Some(rate) {
+            self.retried = Some(rate);
+            return Some(rate);
+        }
         if last.meets_slo {
             self.pass = Some(self.pass.map_or(rate, |p| p.max(rate)));
         } else {
@@ -327,6 +337,32 @@ mod tests {
         let rates: Vec<f64> = points.iter().map(|p| p.offered_rps).collect();
         assert_eq!(rates, [10_000.0, 20_000.0, 40_000.0, 50_000.0]);
         assert!(points.iter().all(|p| p.meets_slo));
+    }
+
+    #[test]
+    fn a_point_failed_by_generator_lag_is_measured_once_more() {
+        let mut search = Search::new(SweepParams::full());
+        let mut done = Vec::new();
+        let mut lagged_once = false;
+        while let Some(rate) = search.next_rate(&done) {
+            let mut p = model(rate, 180_000.0, 500.0);
+            if rate == 20_000.0 && !lagged_once {
+                lagged_once = true;
+                p.generator_lagged = true;
+                p.meets_slo = false;
+            }
+            done.push(p);
+        }
+        let rates: Vec<f64> = done.iter().map(|p| p.offered_rps).collect();
+        assert_eq!(rates[..4], [10_000.0, 20_000.0, 20_000.0, 40_000.0]);
+        // A generator that lags every time fails the point after one retry.
+        let mut search = Search::new(SweepParams::full());
+        let mut p = model(10_000.0, 180_000.0, 500.0);
+        p.generator_lagged = true;
+        p.meets_slo = false;
+        assert_eq!(search.next_rate(&[]), Some(10_000.0));
+        assert_eq!(search.next_rate(&[p.clone()]), Some(10_000.0));
+        assert_eq!(search.next_rate(&[p.clone(), p]), Some(5_000.0));
     }
 
     #[test]
