@@ -12,8 +12,9 @@
 //!    never wait for a batch to fill (adaptive batching);
 //! 5. run each frame through Ethernet → ARP/IPv4 → ICMP | TCP, appending
 //!    events to the core's event array;
-//! 6. hand the event array to the application's handlers, whose calls act
-//!    on this core's stack directly (same protection domain, no crossing);
+//! 6. run the application's per-turn poll hook, then hand the event array
+//!    to its handlers, whose calls act on this core's stack directly (same
+//!    protection domain, no crossing);
 //! 7. TCP output for every connection touched this turn, then one TX burst.
 //!
 //! No locks, no allocation and no system calls in steady state: buffers
@@ -357,6 +358,15 @@ pub trait Handler {
     /// Called with the events of one turn, in order. The vector is drained
     /// by the callee or cleared after the call.
     fn handle(&mut self, core: &mut Core, events: &mut Vec<AppEvent>);
+    /// Called once on every turn of the loop, idle turns included, before
+    /// the turn's events: for work due at a time finer than the timer
+    /// wheel's 16 µs tick (a load generator's scheduled sends). What it
+    /// queues leaves in the same turn's TX burst. Runs in the hot loop, so
+    /// it must be cheap when it has nothing to do. The default does nothing.
+    #[inline]
+    fn poll(&mut self, core: &mut Core) {
+        let _ = core;
+    }
 }
 
 /// Adds `n` to a counter that only this thread writes: a relaxed load and
@@ -496,8 +506,13 @@ impl<Q: QueuePair> ElasticThread<Q> {
         }
         convert_events(&mut self.tcp_events, &mut self.events, &core.released);
 
-        // 6. the application; accepting a connection can deliver data that
-        // arrived before the accept, which is handed over in the same turn
+        // 6. the application: its per-turn poll, then its events; accepting
+        // a connection can deliver data that arrived before the accept,
+        // which is handed over in the same turn
+        handler.poll(core);
+        if !core.late_events.is_empty() {
+            convert_events(&mut core.late_events, &mut self.events, &core.released);
+        }
         let had_events = !self.events.is_empty();
         while !self.events.is_empty() {
             bump(&self.counters.events, self.events.len() as u64);
@@ -670,6 +685,33 @@ mod tests {
                 self.closed = true;
             }
         }
+    }
+
+    /// Counts its polls and the events it was handed.
+    #[derive(Default)]
+    struct Poller {
+        polls: u64,
+        events: u64,
+    }
+
+    impl Handler for Poller {
+        fn start(&mut self, _core: &mut Core) {}
+        fn handle(&mut self, _core: &mut Core, events: &mut Vec<AppEvent>) {
+            self.events += events.len() as u64;
+        }
+        fn poll(&mut self, _core: &mut Core) {
+            self.polls += 1;
+        }
+    }
+
+    #[test]
+    fn poll_hook_runs_once_per_turn_while_idle() {
+        let (mut idle, _peer) = threads();
+        let mut poller = Poller::default();
+        for _ in 0..1_000 {
+            assert!(!idle.turn(&mut poller), "a turn without traffic is idle");
+        }
+        assert_eq!((poller.polls, poller.events), (1_000, 0));
     }
 
     #[test]

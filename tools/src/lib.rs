@@ -6,6 +6,8 @@
 //! - [`commands`]: runs a parsed command and writes its report.
 //! - [`kvs`]: `ixkvs`, the memcached-compatible key-value server on libix
 //!   and on Linux sockets.
+//! - [`load`]: `ixload`, the open-loop memcached load generator (ETC/USR
+//!   workloads, Poisson arrivals, SLO search) over libix or Linux sockets.
 //! - [`nic_args`]: the flags and start-up shared by application programs
 //!   (a memif wire of their own, or resources from ixcpd).
 //! - [`sys`]: the few Linux system calls `std` lacks (epoll, CPU affinity,
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod commands;
 pub mod echo;
 pub mod kvs;
+pub mod load;
 pub mod nic_args;
 #[allow(unsafe_code)]
 pub mod sys;
