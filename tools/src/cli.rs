@@ -13,7 +13,9 @@ use control_plane::client::default_socket_path;
 use control_plane::config::{is_valid_name, NAME_RULE};
 use control_plane::proto::{Isolation, LaunchArgs};
 
+use crate::bench::kvs::{KvsParams, KvsSystem};
 use crate::bench::EchoParams;
+use crate::load::WorkloadKind;
 use dataplane::elastic::DEFAULT_BATCH;
 
 /// Exit status of a run that failed at run time.
@@ -169,6 +171,70 @@ enum BenchCommand {
     /// per system, and the ratio to Linux.
     #[command(after_help = AFTER_HELP)]
     Echo(EchoArgs),
+    /// Open-loop memcached workload (ETC or USR) against ixkvs on our
+    /// dataplane, the same KVS on Linux sockets, and memcached: the highest
+    /// rate within the p99 SLO per system, p50/p99 at a common rate, a CSV
+    /// and an SVG plot.
+    #[command(after_help = KVS_AFTER_HELP)]
+    Kvs(KvsArgs),
+}
+
+const KVS_AFTER_HELP: &str = "\
+Examples:
+  ixctl bench kvs --quick
+      ETC on ix, linux and memcached, quick sweep (< 2 minutes)
+  ixctl bench kvs --workload usr --system ix,linux --json --out results/
+
+Writes DIR/kvs-WORKLOAD.csv (every point) and DIR/kvs-WORKLOAD.svg (p99
+latency against throughput). Exit status 1 when a system could not run.";
+
+#[derive(Debug, clap::Args)]
+struct KvsArgs {
+    /// Workload: Facebook ETC (75% GET, 1 B–1 KiB values) or USR (99% GET,
+    /// 2-byte values).
+    #[arg(long, value_enum, default_value_t = WorkloadArg::Etc)]
+    workload: WorkloadArg,
+    /// Short points and a coarse search: the whole run in under 2 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Connections of the load generator.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    connections: usize,
+    /// The p99 latency objective, microseconds.
+    #[arg(long, value_name = "US", default_value_t = 500)]
+    slo_us: usize,
+    /// Directory for the CSV and the plot.
+    #[arg(long, value_name = "DIR", default_value = "bench-out")]
+    out: PathBuf,
+    /// Print a JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Systems to run, in report order; repeat or separate with commas
+    /// [default: ix,linux,memcached].
+    #[arg(
+        long = "system",
+        value_name = "SYSTEM",
+        value_enum,
+        value_delimiter = ','
+    )]
+    systems: Vec<KvsSystemArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WorkloadArg {
+    Etc,
+    Usr,
+}
+
+/// A system of `bench kvs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KvsSystemArg {
+    /// ixkvs on our dataplane over memif.
+    Ix,
+    /// The same KVS on Linux sockets over loopback.
+    Linux,
+    /// Debian's memcached over loopback.
+    Memcached,
 }
 
 #[derive(Debug, clap::Args)]
@@ -226,6 +292,8 @@ impl System {
 pub enum Command {
     /// `ixctl bench echo`.
     BenchEcho(BenchEcho),
+    /// `ixctl bench kvs`.
+    BenchKvs(BenchKvs),
     /// A request to ixcpd (or `up`).
     Ctl(Ctl),
 }
@@ -275,6 +343,17 @@ pub struct BenchEcho {
     pub params: EchoParams,
     /// Systems to run, in report order, without duplicates.
     pub systems: Vec<System>,
+    /// JSON output instead of the table.
+    pub json: bool,
+}
+
+/// A validated `bench kvs`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchKvs {
+    /// The benchmark's parameters.
+    pub params: KvsParams,
+    /// Systems to run, in report order, without duplicates.
+    pub systems: Vec<KvsSystem>,
     /// JSON output instead of the table.
     pub json: bool,
 }
@@ -381,6 +460,7 @@ where
     let ctl = |json, op| Ok(Command::Ctl(Ctl { socket, json, op }));
     match args.command {
         TopCommand::Bench(BenchCommand::Echo(echo)) => Ok(Command::BenchEcho(validate_echo(echo)?)),
+        TopCommand::Bench(BenchCommand::Kvs(kvs)) => Ok(Command::BenchKvs(validate_kvs(kvs)?)),
         TopCommand::Up { config } => ctl(
             false,
             CtlOp::Up {
@@ -494,6 +574,42 @@ fn validate_echo(args: EchoArgs) -> Result<BenchEcho, UsageError> {
     })
 }
 
+/// The one place `bench kvs` options are checked and turned into values.
+fn validate_kvs(args: KvsArgs) -> Result<BenchKvs, UsageError> {
+    let connections = count("connections", args.connections, 1, MAX_CONNECTIONS)?;
+    let slo_us = count("slo-us", args.slo_us, 1, 10_000_000)?;
+    let slo = Duration::from_micros(slo_us as u64);
+    let mut systems: Vec<KvsSystem> = Vec::new();
+    for system in args.systems {
+        let system = match system {
+            KvsSystemArg::Ix => KvsSystem::Ix,
+            KvsSystemArg::Linux => KvsSystem::Linux,
+            KvsSystemArg::Memcached => KvsSystem::Memcached,
+        };
+        if !systems.contains(&system) {
+            systems.push(system);
+        }
+    }
+    if systems.is_empty() {
+        systems = vec![KvsSystem::Ix, KvsSystem::Linux, KvsSystem::Memcached];
+    }
+    Ok(BenchKvs {
+        params: KvsParams {
+            workload: match args.workload {
+                WorkloadArg::Etc => WorkloadKind::Etc,
+                WorkloadArg::Usr => WorkloadKind::Usr,
+            },
+            quick: args.quick,
+            connections,
+            slo,
+            out_dir: args.out,
+            ..KvsParams::default()
+        },
+        systems,
+        json: args.json,
+    })
+}
+
 fn seconds(flag: &'static str, value: f64, min: f64, max: f64) -> Result<Duration, UsageError> {
     // NaN fails both comparisons' negation: `!(NaN >= min)` is true.
     if !(value >= min && value <= max) {
@@ -529,6 +645,57 @@ mod tests {
             Command::BenchEcho(echo) => echo,
             other => panic!("{other:?}"),
         })
+    }
+
+    fn kvs(args: &[&str]) -> Result<BenchKvs, UsageError> {
+        let argv = ["ixctl", "bench", "kvs"].iter().chain(args);
+        parse(argv.copied()).map(|c| match c {
+            Command::BenchKvs(kvs) => kvs,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn bench_kvs_defaults_run_etc_on_all_three_systems() {
+        let k = kvs(&[]).unwrap();
+        assert_eq!(k.params.workload, WorkloadKind::Etc);
+        assert_eq!(k.params.slo, Duration::from_micros(500));
+        assert_eq!(k.params.connections, 64);
+        assert!(!k.params.quick && !k.json);
+        assert_eq!(
+            k.systems,
+            [KvsSystem::Ix, KvsSystem::Linux, KvsSystem::Memcached]
+        );
+    }
+
+    #[test]
+    fn bench_kvs_options_are_taken_and_checked() {
+        let k = kvs(&[
+            "--workload",
+            "usr",
+            "--quick",
+            "--json",
+            "--out",
+            "r",
+            "--slo-us",
+            "200",
+            "--system",
+            "memcached,ix,memcached",
+        ])
+        .unwrap();
+        assert_eq!(k.params.workload, WorkloadKind::Usr);
+        assert!(k.params.quick && k.json);
+        assert_eq!(k.params.out_dir, PathBuf::from("r"));
+        assert_eq!(k.params.slo, Duration::from_micros(200));
+        assert_eq!(k.systems, [KvsSystem::Memcached, KvsSystem::Ix]);
+        assert_eq!(
+            kvs(&["--slo-us", "0"]).unwrap_err().to_string(),
+            "--slo-us must be between 1 and 10000000, got 0"
+        );
+        assert!(kvs(&["--workload", "tao"])
+            .unwrap_err()
+            .to_string()
+            .contains("invalid value 'tao'"));
     }
 
     fn ctl(args: &[&str]) -> Result<Ctl, UsageError> {

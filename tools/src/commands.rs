@@ -13,9 +13,10 @@ use control_plane::proto::{DataplaneInfo, DataplaneState, LogLine};
 use control_plane::units::Bytes;
 use serde::Serialize;
 
+use crate::bench::kvs::{self, KvsReport};
 use crate::bench::report::{Report, Row};
 use crate::bench::{ix_echo, linux_echo};
-use crate::cli::{BenchEcho, Command, Ctl, CtlOp, System};
+use crate::cli::{BenchEcho, BenchKvs, Command, Ctl, CtlOp, System};
 
 /// How long `ixctl up` waits for a started ixcpd to answer.
 pub const UP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,6 +26,8 @@ pub const UP_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Done {
     /// A benchmark report (some systems may not have run).
     Bench(Report),
+    /// The KVS benchmark's report (some systems may not have run).
+    BenchKvs(KvsReport),
     /// A request to ixcpd succeeded.
     Ctl,
 }
@@ -34,6 +37,7 @@ pub enum Done {
 pub fn execute(command: &Command, out: &mut dyn Write) -> anyhow::Result<Done> {
     match command {
         Command::BenchEcho(echo) => bench_echo(echo, out).map(Done::Bench),
+        Command::BenchKvs(kvs) => bench_kvs(kvs, out).map(Done::BenchKvs),
         Command::Ctl(ctl) => {
             run_ctl(ctl, out)?;
             out.flush().context("writing the output")?;
@@ -62,6 +66,19 @@ fn bench_echo(echo: &BenchEcho, out: &mut dyn Write) -> anyhow::Result<Report> {
         report.write_table(out, &echo.params)
     }
     .context("writing the report")?;
+    out.flush().context("writing the report")?;
+    Ok(report)
+}
+
+fn bench_kvs(kvs: &BenchKvs, out: &mut dyn Write) -> anyhow::Result<KvsReport> {
+    let report = kvs::run_kvs(&kvs.params, &kvs.systems);
+    let (csv, svg) = report.write_files()?;
+    eprintln!("bench kvs: wrote {} and {}", csv.display(), svg.display());
+    if kvs.json {
+        json(out, &report.to_json())?;
+    } else {
+        report.write_table(out).context("writing the report")?;
+    }
     out.flush().context("writing the report")?;
     Ok(report)
 }

@@ -37,6 +37,14 @@ fn main() -> ExitCode {
             }
             status
         }
+        Ok(Done::BenchKvs(report)) => {
+            let mut status = ExitCode::SUCCESS;
+            for (system, why) in report.failures() {
+                eprintln!("ixctl: {system}: {why}");
+                status = ExitCode::from(EXIT_FAILURE);
+            }
+            status
+        }
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ixctl: {err:#}");

@@ -153,6 +153,24 @@ impl Epoll {
 /// Pins the calling thread to CPU `core` (sched_setaffinity(2) on thread 0,
 /// i.e. the caller).
 pub fn pin_current_thread(core: usize) -> io::Result<()> {
+    pin_thread(0, core)
+}
+
+/// Pins every thread of process `pid` to CPU `core` (each task listed in
+/// /proc/PID/task); for servers started as child processes.
+pub fn pin_process(pid: u32, core: usize) -> io::Result<()> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let name = entry?.file_name();
+        let Some(tid) = name.to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else {
+            continue;
+        };
+        pin_thread(tid, core)?;
+    }
+    Ok(())
+}
+
+/// Pins thread `tid` (0: the caller) to CPU `core`.
+fn pin_thread(tid: libc::pid_t, core: usize) -> io::Result<()> {
     // A cpu_set_t holds CPU_SETSIZE bits; CPU_SET does not bounds-check.
     if core >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(
@@ -168,9 +186,9 @@ pub fn pin_current_thread(core: usize) -> io::Result<()> {
     // SAFETY: `core < CPU_SETSIZE` (checked above), so the bit index is inside
     // `set`, which is a valid, exclusively borrowed cpu_set_t.
     unsafe { libc::CPU_SET(core, &mut set) };
-    // SAFETY: pid 0 names the calling thread; the pointer and size describe
-    // `set`, which outlives the call and is only read by the kernel.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    // SAFETY: `tid` is 0 (the caller) or a thread id; the pointer and size
+    // describe `set`, which outlives the call and is only read by the kernel.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

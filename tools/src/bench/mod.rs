@@ -9,6 +9,7 @@
 //! trip in an HdrHistogram.
 
 pub mod ix_echo;
+pub mod kvs;
 pub mod linux_echo;
 pub mod report;
 
