@@ -25,12 +25,21 @@
 //! - Keys with control characters (bytes below 0x21, or 0x7f) are refused
 //!   with `CLIENT_ERROR bad command line format`, as `protocol.txt` requires;
 //!   memcached accepts them.
-//! - A command line longer than [`MAX_LINE`] bytes (a `get`/`gets` line:
-//!   [`MAX_GET_LINE`]) gets `CLIENT_ERROR line too long` and the connection
-//!   is closed ([`Event::Close`]), whether or not its `\n` has arrived.
-//!   memcached closes silently, and only when the `\n` is missing from its
-//!   read buffer, so its behaviour depends on how the bytes were segmented;
-//!   ours does not. This bounds the memory a connection can make us hold.
+//! - A command line longer than [`MAX_LINE`] bytes (other than `get`/`gets`)
+//!   gets `CLIENT_ERROR line too long` and the connection is closed
+//!   ([`Event::Close`]), whether or not its `\n` has arrived. memcached
+//!   closes silently, and only when the `\n` is missing from its read
+//!   buffer, so its behaviour depends on how the bytes were segmented; ours
+//!   does not. This bounds the memory a connection can make us hold.
+//! - `get`/`gets` lines have no length limit (memcached's have none: it
+//!   grows its read buffer for them; memcslap's default multi-get is one
+//!   line of 10,000 keys, about 400 KB). A line of up to [`MAX_GET_LINE`]
+//!   bytes is held whole, as any line; a longer one is not: its keys are
+//!   handed out as they arrive ([`Command::Get`] with `more` set), holding
+//!   only a key cut by the end of a piece. An invalid key in such a line
+//!   gets `CLIENT_ERROR bad command line format` after the values of the
+//!   keys before it (and the rest of the line is skipped); memcached, which
+//!   checks the whole line first, sends only the error.
 //! - `stats` takes no argument (`stats <group>` answers `ERROR`).
 
 use thiserror::Error;
@@ -39,7 +48,8 @@ use thiserror::Error;
 pub const MAX_KEY_LEN: usize = 250;
 /// Longest command line (without its `\n`), except `get`/`gets` lines.
 pub const MAX_LINE: usize = 2048;
-/// Longest `get`/`gets` line: room for more than 1,000 keys of 50 bytes.
+/// Longest `get`/`gets` line held whole (room for more than 1,000 keys of
+/// 50 bytes); the keys of a longer one are handed out as they arrive.
 pub const MAX_GET_LINE: usize = 64 * 1024;
 /// Bytes an item is charged besides its key and value when its size is
 /// checked against the item size limit (the reply header and bookkeeping).
@@ -148,12 +158,16 @@ impl<'a> Keys<'a> {
 /// A complete command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command<'a> {
-    /// `get`/`gets <key>*`.
+    /// `get`/`gets <key>*`, or some of its keys.
     Get {
         /// The keys.
         keys: Keys<'a>,
         /// `gets`: replies carry the cas unique value.
         cas: bool,
+        /// More keys of the same line follow in later events (a line longer
+        /// than [`MAX_GET_LINE`], handed out as it arrives): the reply's
+        /// `END` waits for the event where this is false.
+        more: bool,
     },
     /// A storage command; its data follows.
     Store(StoreHeader<'a>),
@@ -247,6 +261,11 @@ enum State {
     Tail { seen: u8, ok: bool, noreply: bool },
     /// Skipping the data block of a refused storage command.
     Swallow { left: u64 },
+    /// Reading the keys of a `get`/`gets` line longer than
+    /// [`MAX_GET_LINE`]: `line` holds the start of a key that the end of a
+    /// piece cut off (right after the switch, the keys read so far). `any`:
+    /// a key was handed out; `bad`: one was invalid, skip to the line end.
+    GetKeys { cas: bool, any: bool, bad: bool },
     /// The connection is done (quit, or a fatal error).
     Closed,
 }
@@ -256,10 +275,11 @@ enum State {
 pub struct Parser {
     state: State,
     /// A command line that spans input pieces, reassembled (bounded by
-    /// [`MAX_GET_LINE`]).
+    /// [`MAX_GET_LINE`]); in [`State::GetKeys`], a key cut in two.
     line: Vec<u8>,
-    /// `line` was handed out in the last event: clear it on the next call.
-    line_used: bool,
+    /// The first `line_used` bytes of `line` were handed out in the last
+    /// event: remove them on the next call.
+    line_used: usize,
     item_max: usize,
 }
 
@@ -270,7 +290,7 @@ impl Parser {
         Parser {
             state: State::Line,
             line: Vec::new(),
-            line_used: false,
+            line_used: 0,
             item_max,
         }
     }
@@ -286,13 +306,20 @@ impl Parser {
         self.state == State::Line && self.line.is_empty()
     }
 
+    /// Whether the caller may stop feeding here for a while (to let
+    /// replies drain): between commands, or between the keys of a `get`
+    /// line too long to hold whole.
+    pub fn can_pause(&self) -> bool {
+        self.at_command_boundary() || matches!(self.state, State::GetKeys { .. })
+    }
+
     /// Takes bytes from the front of `input` and returns the next event, or
     /// `None` once `input` is used up (a partial line is kept for the next
     /// call). Never panics, whatever the bytes.
     pub fn next<'a, 'b: 'a>(&'a mut self, input: &mut &'b [u8]) -> Option<Event<'a>> {
-        if self.line_used {
-            self.line.clear();
-            self.line_used = false;
+        if self.line_used > 0 {
+            self.line.drain(..self.line_used.min(self.line.len()));
+            self.line_used = 0;
         }
         loop {
             match self.state {
@@ -304,31 +331,30 @@ impl Parser {
                     if input.is_empty() {
                         return None;
                     }
-                    let Some(nl) = input.iter().position(|&b| b == b'\n') else {
-                        let total = self.line.len() + input.len();
-                        if total > line_limit(&self.line, input) {
-                            self.line = Vec::new();
-                            self.state = State::Closed;
-                            *input = &[];
-                            return Some(Event::Close(ProtocolError::LineTooLong));
+                    let nl = input.iter().position(|&b| b == b'\n');
+                    let head = &input[..nl.unwrap_or(input.len())];
+                    if self.line.len() + head.len() > line_limit(&self.line, head) {
+                        if let Some((keys_at, cas)) = get_prefix(&self.line, head) {
+                            self.start_get_keys(input, keys_at, cas);
+                            continue;
                         }
+                        self.line = Vec::new();
+                        self.state = State::Closed;
+                        *input = &[];
+                        return Some(Event::Close(ProtocolError::LineTooLong));
+                    }
+                    let Some(nl) = nl else {
                         self.line.extend_from_slice(input);
                         *input = &[];
                         return None;
                     };
                     let (head, rest) = input.split_at(nl);
                     *input = &rest[1..];
-                    if self.line.len() + head.len() > line_limit(&self.line, head) {
-                        self.line = Vec::new();
-                        self.state = State::Closed;
-                        *input = &[];
-                        return Some(Event::Close(ProtocolError::LineTooLong));
-                    }
                     let line: &'a [u8] = if self.line.is_empty() {
                         head
                     } else {
                         self.line.extend_from_slice(head);
-                        self.line_used = true;
+                        self.line_used = self.line.len();
                         &self.line
                     };
                     let (event, next) = parse_line(strip_cr(line), self.item_max);
@@ -391,24 +417,191 @@ impl Parser {
                         State::Swallow { left: left - n }
                     };
                 }
+                State::GetKeys { cas, any, bad } => {
+                    if input.is_empty() {
+                        return None;
+                    }
+                    let nl = input.iter().position(|&b| b == b'\n');
+                    if bad {
+                        let Some(nl) = nl else {
+                            *input = &[];
+                            return None;
+                        };
+                        *input = &input[nl + 1..];
+                        self.state = State::Line;
+                        return Some(Event::Error {
+                            error: ProtocolError::BadFormat,
+                            noreply: false,
+                        });
+                    }
+                    if let Some(space) = self.line.iter().rposition(|&b| b == b' ') {
+                        // Just switched: the keys of the part held so far.
+                        if !Keys(&self.line[..space]).iter().all(valid_key) {
+                            self.fail_get_keys(cas);
+                            continue;
+                        }
+                        if Keys(&self.line[..space]).iter().next().is_none() {
+                            self.line.drain(..=space);
+                            continue;
+                        }
+                        self.line_used = space + 1;
+                        self.state = State::GetKeys {
+                            cas,
+                            any: true,
+                            bad,
+                        };
+                        return Some(Event::Command(Command::Get {
+                            keys: Keys(&self.line[..space]),
+                            cas,
+                            more: true,
+                        }));
+                    }
+                    if !self.line.is_empty() {
+                        // The rest of a key cut by the end of a piece.
+                        let end = input
+                            .iter()
+                            .position(|&b| b == b' ' || b == b'\n')
+                            .unwrap_or(input.len());
+                        // A valid key, and maybe the `\r` of the line end.
+                        if self.line.len() + end > MAX_KEY_LEN + 1 {
+                            self.fail_get_keys(cas);
+                            continue;
+                        }
+                        self.line.extend_from_slice(&input[..end]);
+                        *input = &input[end..];
+                        // No space or line end yet: the key goes on.
+                        let &after = input.first()?;
+                        let key_len = if after == b'\n' {
+                            strip_cr(&self.line).len()
+                        } else {
+                            self.line.len()
+                        };
+                        if key_len == 0 {
+                            // Only the `\r` of the line end, after a space.
+                            self.line.clear();
+                            continue;
+                        }
+                        if !valid_key(&self.line[..key_len]) {
+                            self.fail_get_keys(cas);
+                            continue;
+                        }
+                        self.line_used = self.line.len();
+                        self.state = State::GetKeys {
+                            cas,
+                            any: true,
+                            bad,
+                        };
+                        return Some(Event::Command(Command::Get {
+                            keys: Keys(&self.line[..key_len]),
+                            cas,
+                            more: true,
+                        }));
+                    }
+                    let Some(nl) = nl else {
+                        // Complete keys up to the last space; the rest of
+                        // the piece starts a key.
+                        let (keys, tail) = match input.iter().rposition(|&b| b == b' ') {
+                            Some(space) => (&input[..space], &input[space + 1..]),
+                            None => (&input[..0], *input),
+                        };
+                        *input = &[];
+                        if tail.len() > MAX_KEY_LEN + 1 || !Keys(keys).iter().all(valid_key) {
+                            self.fail_get_keys(cas);
+                            continue;
+                        }
+                        self.line.extend_from_slice(tail);
+                        // Nothing to hand out unless a key is complete.
+                        Keys(keys).iter().next()?;
+                        self.state = State::GetKeys {
+                            cas,
+                            any: true,
+                            bad,
+                        };
+                        return Some(Event::Command(Command::Get {
+                            keys: Keys(keys),
+                            cas,
+                            more: true,
+                        }));
+                    };
+                    let keys = Keys(strip_cr(&input[..nl]));
+                    *input = &input[nl + 1..];
+                    self.state = State::Line;
+                    if !keys.iter().all(valid_key) {
+                        return Some(Event::Error {
+                            error: ProtocolError::BadFormat,
+                            noreply: false,
+                        });
+                    }
+                    if !any && keys.iter().next().is_none() {
+                        return Some(Event::Error {
+                            error: ProtocolError::UnknownCommand,
+                            noreply: false,
+                        });
+                    }
+                    return Some(Event::Command(Command::Get {
+                        keys,
+                        cas,
+                        more: false,
+                    }));
+                }
             }
         }
     }
+
+    /// Switches to handing out the keys of a `get`/`gets` line as they
+    /// arrive: the line so far is `line` then `input`, and its keys start
+    /// `keys_at` bytes into it.
+    fn start_get_keys(&mut self, input: &mut &[u8], keys_at: usize, cas: bool) {
+        if keys_at <= self.line.len() {
+            self.line.drain(..keys_at);
+        } else {
+            let skip = keys_at - self.line.len();
+            self.line.clear();
+            *input = input.get(skip..).unwrap_or(&[]);
+        }
+        self.state = State::GetKeys {
+            cas,
+            any: false,
+            bad: false,
+        };
+    }
+
+    /// An invalid key in a `get` line handed out as it arrives: skip to
+    /// the end of the line, then answer with an error.
+    fn fail_get_keys(&mut self, cas: bool) {
+        self.line.clear();
+        self.state = State::GetKeys {
+            cas,
+            any: true,
+            bad: true,
+        };
+    }
 }
 
-/// The length limit of the line beginning with `a` then `b`: `get`/`gets`
-/// lines may be longer than the others.
-fn line_limit(a: &[u8], b: &[u8]) -> usize {
+/// Whether the line beginning with `a` then `b` is a `get`/`gets` line:
+/// where its keys start (just after the command word), and whether it is
+/// `gets`.
+fn get_prefix(a: &[u8], b: &[u8]) -> Option<(usize, bool)> {
+    let spaces = a.iter().chain(b).take_while(|&&c| c == b' ').count();
     let mut head = [0u8; 5];
     let mut n = 0;
-    for &c in a.iter().chain(b).skip_while(|&&c| c == b' ') {
-        if n == head.len() {
-            break;
-        }
+    for &c in a.iter().chain(b).skip(spaces).take(head.len()) {
         head[n] = c;
         n += 1;
     }
-    if head[..n].starts_with(b"get ") || head[..n].starts_with(b"gets ") {
+    if head[..n].starts_with(b"get ") {
+        Some((spaces + 3, false))
+    } else if head[..n].starts_with(b"gets ") {
+        Some((spaces + 4, true))
+    } else {
+        None
+    }
+}
+
+/// The length limit of the line beginning with `a` then `b` held whole:
+/// `get`/`gets` lines may be longer than the others.
+fn line_limit(a: &[u8], b: &[u8]) -> usize {
+    if get_prefix(a, b).is_some() {
         MAX_GET_LINE
     } else {
         MAX_LINE
@@ -537,7 +730,11 @@ fn parse_get(line: &[u8], cmd_len: usize, cas: bool) -> (Event<'_>, State) {
     if !any {
         return error(ProtocolError::UnknownCommand, false);
     }
-    command(Command::Get { keys, cas })
+    command(Command::Get {
+        keys,
+        cas,
+        more: false,
+    })
 }
 
 fn parse_store<'a>(
@@ -706,10 +903,18 @@ mod tests {
         Close(ProtocolError),
     }
 
-    fn own(e: Event<'_>, out: &mut Vec<Owned>) {
+    /// Appends `e` to `out`. `get_open`: the last event was a `get` with
+    /// more keys to come, which this one's keys join.
+    fn own(e: Event<'_>, out: &mut Vec<Owned>, get_open: &mut bool) {
         let o = match e {
-            Event::Command(Command::Get { keys, cas }) => {
-                Owned::Get(keys.iter().map(<[u8]>::to_vec).collect(), cas)
+            Event::Command(Command::Get { keys, cas, more }) => {
+                let keys = keys.iter().map(<[u8]>::to_vec);
+                let open = std::mem::replace(get_open, more);
+                if let (true, Some(Owned::Get(prev, _))) = (open, out.last_mut()) {
+                    prev.extend(keys);
+                    return;
+                }
+                Owned::Get(keys.collect(), cas)
             }
             Event::Command(Command::Store(h)) => Owned::Store(
                 h.op,
@@ -739,10 +944,11 @@ mod tests {
     fn parse_pieces(pieces: &[&[u8]]) -> Vec<Owned> {
         let mut p = Parser::new(MAX);
         let mut out = Vec::new();
+        let mut get_open = false;
         for piece in pieces {
             let mut input = *piece;
             while let Some(e) = p.next(&mut input) {
-                own(e, &mut out);
+                own(e, &mut out, &mut get_open);
             }
             assert!(input.is_empty(), "the parser leaves no input behind");
         }
@@ -1022,20 +1228,188 @@ mod tests {
     }
 
     #[test]
-    fn a_long_multi_get_is_accepted_up_to_its_own_limit() {
+    fn a_long_multi_get_is_held_whole_up_to_its_own_limit() {
         let mut line = b"get".to_vec();
         for _ in 0..3000 {
             line.extend_from_slice(b" a");
         }
         let (head, tail) = line.split_at(2500);
-        let out = parse_pieces(&[head, tail, b"\r\n"]);
-        let Owned::Get(keys, false) = &out[0] else {
-            panic!("{out:?}")
+        let mut p = Parser::new(MAX);
+        let mut input = head;
+        assert_eq!(p.next(&mut input), None);
+        let mut input = tail;
+        assert_eq!(p.next(&mut input), None);
+        let mut input: &[u8] = b"\r\n";
+        let Some(Event::Command(Command::Get { keys, more, .. })) = p.next(&mut input) else {
+            panic!("one get event")
         };
-        assert_eq!(keys.len(), 3000);
-        let huge = vec![b'a'; MAX_GET_LINE];
-        let out = parse_pieces(&[b"get ", &huge]);
-        assert_eq!(out, vec![Owned::Close(ProtocolError::LineTooLong)]);
+        assert_eq!((keys.iter().count(), more), (3000, false));
+    }
+
+    /// The keys of a multi-get line `keys` long, of 20 to 59 bytes each,
+    /// like memcslap's (`get k1 k2 ...`, without the line end).
+    fn memcslap_mget(keys: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let names: Vec<Vec<u8>> = (0..keys)
+            .map(|i| format!("{i:0w$}", w = 20 + i * 7 % 40).into_bytes())
+            .collect();
+        let mut line = b"get".to_vec();
+        for k in &names {
+            line.push(b' ');
+            line.extend_from_slice(k);
+        }
+        (line, names)
+    }
+
+    /// Regression: memcslap's default `mget` is one line of 10,000 keys
+    /// (about 400 KB), which memcached serves; ixkvs closed the connection
+    /// with `CLIENT_ERROR line too long`.
+    #[test]
+    fn a_multi_get_longer_than_the_line_limit_hands_out_its_keys_as_they_arrive() {
+        let (mut line, names) = memcslap_mget(10_000);
+        assert!(line.len() > 4 * MAX_GET_LINE);
+        line.extend_from_slice(b"\r\nget last\r\n");
+        let expected = vec![
+            Owned::Get(names.clone(), false),
+            Owned::Get(vec![b"last".to_vec()], false),
+        ];
+        // As TCP segments, as reads of a Linux socket, and whole.
+        for size in [1448, 65536, line.len()] {
+            let pieces: Vec<&[u8]> = line.chunks(size).collect();
+            assert_eq!(parse_pieces(&pieces), expected, "pieces of {size}");
+        }
+        // gets too; the line held so far may end anywhere in a key.
+        let (mut line, names) = memcslap_mget(3000);
+        line.insert(3, b's');
+        line.extend_from_slice(b"\r\n");
+        for size in [997, 4096, 70_001] {
+            let pieces: Vec<&[u8]> = line.chunks(size).collect();
+            assert_eq!(
+                parse_pieces(&pieces),
+                vec![Owned::Get(names.clone(), true)],
+                "pieces of {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_get_line_split_at_every_offset_gives_the_same_keys() {
+        let (line, names) = memcslap_mget(2000);
+        let mut line = line;
+        // Its last key ends with the `\r` of the line end in one piece and
+        // the `\n` in the next at one of the offsets.
+        line.extend_from_slice(b"\r\nversion\r\n");
+        let expected = vec![Owned::Get(names, false), Owned::Other("Version".into())];
+        for i in (MAX_GET_LINE - 300..line.len())
+            .step_by(7)
+            .chain([line.len() - 11])
+        {
+            let (a, b) = line.split_at(i);
+            let (a, c) = a.split_at(MAX_GET_LINE - 400);
+            assert_eq!(parse_pieces(&[a, c, b]), expected, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn a_long_get_line_may_end_in_spaces_with_its_line_end_cut_anywhere() {
+        let (mut line, names) = memcslap_mget(3000);
+        line.extend_from_slice(b"  \r\n");
+        let n = line.len();
+        for (a, b) in [
+            (n - 4, n - 1),
+            (n - 3, n - 1),
+            (n - 2, n - 1),
+            (n - 3, n - 2),
+        ] {
+            let pieces = [&line[..a], &line[a..b], &line[b..]];
+            assert_eq!(
+                parse_pieces(&pieces),
+                vec![Owned::Get(names.clone(), false)],
+                "cut at {a} and {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_get_line_events_come_before_its_end_and_hold_only_a_cut_key() {
+        let (line, names) = memcslap_mget(5000);
+        let mut p = Parser::new(MAX);
+        let mut keys_seen = 0;
+        for piece in line.chunks(1000) {
+            let mut input = piece;
+            while let Some(e) = p.next(&mut input) {
+                let Event::Command(Command::Get { keys, more, .. }) = e else {
+                    panic!("{e:?}")
+                };
+                assert!(more, "the line has not ended");
+                keys_seen += keys.iter().count();
+            }
+            if keys_seen > 0 {
+                assert!(p.line.len() <= MAX_KEY_LEN + 1, "{}", p.line.len());
+                assert!(p.can_pause());
+                assert!(!p.at_command_boundary());
+            }
+        }
+        assert!(keys_seen > 4000 && keys_seen < names.len());
+        let mut input: &[u8] = b"\r\n";
+        let mut rest = 0;
+        while let Some(e) = p.next(&mut input) {
+            let Event::Command(Command::Get { keys, .. }) = e else {
+                panic!("{e:?}")
+            };
+            rest += keys.iter().count();
+        }
+        assert_eq!(keys_seen + rest, names.len());
+        assert!(p.at_command_boundary());
+    }
+
+    #[test]
+    fn a_bad_key_in_a_long_get_line_is_an_error_after_the_keys_before_it() {
+        use ProtocolError::{BadFormat as B, UnknownCommand as U};
+        let (line, names) = memcslap_mget(4000);
+        for bad in [&b"k\x01"[..], &[b'k'; 251][..]] {
+            let mut req = line.clone();
+            req.push(b' ');
+            req.extend_from_slice(bad);
+            req.extend_from_slice(b" more keys\r\nget a\r\n");
+            let pieces: Vec<&[u8]> = req.chunks(1448).collect();
+            let out = parse_pieces(&pieces);
+            let [Owned::Get(keys, false), Owned::Error(B, false), Owned::Get(a, false)] = &out[..]
+            else {
+                panic!("{out:?}")
+            };
+            assert!(keys.len() <= names.len() && keys[..] == names[..keys.len()]);
+            assert_eq!(a, &[b"a".to_vec()]);
+        }
+        // A key too long cut across pieces, and one at the switch.
+        let mut req = line.clone();
+        req.extend_from_slice(b" ");
+        req.extend(std::iter::repeat_n(b'z', 5000));
+        req.extend_from_slice(b"\r\n");
+        for size in [100, 1448, 100_000] {
+            let pieces: Vec<&[u8]> = req.chunks(size).collect();
+            let out = parse_pieces(&pieces);
+            assert_eq!(out.last(), Some(&err(B)), "pieces of {size}: {out:?}");
+        }
+        // No key at all, only spaces.
+        let mut req = b"get".to_vec();
+        req.extend(std::iter::repeat_n(b' ', MAX_GET_LINE + 10));
+        req.extend_from_slice(b"\r\n");
+        let pieces: Vec<&[u8]> = req.chunks(1448).collect();
+        assert_eq!(parse_pieces(&pieces), vec![err(U)]);
+    }
+
+    #[test]
+    fn the_line_buffer_stays_bounded_under_an_endless_get_line() {
+        let mut p = Parser::new(MAX);
+        let (line, _) = memcslap_mget(300);
+        p.next(&mut &b"get"[..]);
+        for _ in 0..100 {
+            let mut input = &line[3..];
+            while p.next(&mut input).is_some() {}
+            assert!(p.line.capacity() <= 2 * MAX_GET_LINE);
+        }
+        assert!(!p.is_closed());
+        assert!(p.line.len() <= MAX_KEY_LEN + 1);
     }
 
     #[test]
@@ -1094,6 +1468,64 @@ mod tests {
                 while p.next(&mut input).is_some() {}
                 proptest::prop_assert!(input.is_empty());
                 proptest::prop_assert!(p.line.len() <= MAX_GET_LINE);
+            }
+        }
+
+        #[test]
+        fn long_get_lines_give_their_keys_however_they_are_split(
+            keys in proptest::collection::vec(
+                (1usize..=MAX_KEY_LEN, 1usize..4, 0u16..20_000),
+                300..1200,
+            ),
+            trailing_spaces in 0usize..3,
+            cuts in proptest::collection::vec(0usize..300_000, 0..6),
+        ) {
+            // Now and then a bad key: too long, a control character, a
+            // `\r` inside.
+            let names: Vec<Vec<u8>> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, &(n, _, bad))| {
+                    let mut k = vec![b'a' + (i % 26) as u8; n];
+                    match bad {
+                        0 => k.resize(MAX_KEY_LEN + 1, b'z'),
+                        1 => k[n / 2] = 0x01,
+                        2 => k[n - 1] = b'\r',
+                        _ => {}
+                    }
+                    k
+                })
+                .collect();
+            let mut line = b"gets".to_vec();
+            for (k, &(_, spaces, _)) in names.iter().zip(&keys) {
+                line.extend(std::iter::repeat_n(b' ', spaces));
+                line.extend_from_slice(k);
+            }
+            line.extend(std::iter::repeat_n(b' ', trailing_spaces));
+            line.extend_from_slice(b"\r\nget next\r\n");
+            let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(line.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([line.len()]) {
+                pieces.push(&line[at..c]);
+                at = c;
+            }
+            let out = parse_pieces(&pieces);
+            let next = Owned::Get(vec![b"next".to_vec()], false);
+            match names.iter().position(|k| !valid_key(k)) {
+                None => proptest::prop_assert_eq!(out, vec![Owned::Get(names, true), next]),
+                Some(first_bad) => {
+                    // The keys before the bad one, or some of them, then
+                    // the error; the next line is parsed as usual.
+                    let (got, tail) = match &out[..] {
+                        [Owned::Get(got, true), tail @ ..] => (&got[..], tail),
+                        tail => (&[][..], tail),
+                    };
+                    proptest::prop_assert!(got.len() <= first_bad);
+                    proptest::prop_assert_eq!(got, &names[..got.len()]);
+                    proptest::prop_assert_eq!(tail, &[err(ProtocolError::BadFormat), next][..]);
+                }
             }
         }
 

@@ -9,11 +9,14 @@
 //! what it took with [`Session::consume`].
 //!
 //! Backpressure: once the queued replies reach [`BACKLOG_LIMIT`] bytes,
-//! `feed` stops at the next command boundary and returns how much it used;
+//! `feed` stops at the next command boundary (or between the keys of a
+//! `get` line too long to hold whole) and returns how much it used;
 //! the transport keeps the rest (on the dataplane it keeps the `RxBuf`
 //! itself, which keeps the receive window closed) and feeds it again when
 //! the replies have drained. A client that pipelines requests without
-//! reading replies therefore stalls itself instead of growing our memory.
+//! reading replies therefore stalls itself instead of growing our memory;
+//! so does one that sends a multi-get line of many thousand keys without
+//! reading (memcached would read the whole line and queue every reply).
 
 use libix::TxBuf;
 
@@ -75,7 +78,7 @@ impl Session {
         let stats = kvs.worker(worker);
         let mut rest = input;
         while !rest.is_empty() {
-            if self.state.out_bytes >= BACKLOG_LIMIT && self.parser.at_command_boundary() {
+            if self.state.out_bytes >= BACKLOG_LIMIT && self.parser.can_pause() {
                 break;
             }
             let Some(event) = self.parser.next(&mut rest) else {
@@ -215,7 +218,7 @@ impl Output {
     fn command(&mut self, c: Command<'_>, kvs: &Kvs, stats: &CoreStats, now: RelTime) {
         let store = kvs.store();
         match c {
-            Command::Get { keys, cas } => {
+            Command::Get { keys, cas, more } => {
                 for key in keys.iter() {
                     inc(&stats.cmd_get);
                     match store.get(key, now) {
@@ -226,7 +229,9 @@ impl Output {
                         None => inc(&stats.get_misses),
                     }
                 }
-                self.reply(END, false);
+                if !more {
+                    self.reply(END, false);
+                }
             }
             Command::Store(h) => {
                 self.pending = Some(Pending {
@@ -319,6 +324,7 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kvs::protocol::MAX_GET_LINE;
     use crate::kvs::store::StoreConfig;
 
     fn kvs() -> Kvs {
@@ -481,6 +487,69 @@ mod tests {
         s.consume(s.reply_bytes());
         assert!(!s.is_blocked());
         assert_eq!(s.feed(&gets[used..], &kvs, 0, 10), 3 * 9);
+    }
+
+    /// Regression: memcslap's default `mget`, one `get` line of 10,000
+    /// keys (about 400 KB), closed the connection with `CLIENT_ERROR line
+    /// too long`; memcached answers it.
+    #[test]
+    fn a_multi_get_of_ten_thousand_keys_gets_every_value_and_one_end() {
+        let kvs = kvs();
+        let mut s = Session::new(1 << 20);
+        let key = |i: usize| format!("memcslap-like-key-{i:030}");
+        let mut sets = Vec::new();
+        for i in (0..10_000).step_by(3) {
+            sets.extend_from_slice(
+                format!("set {} {i} 0 3\r\n{:03}\r\n", key(i), i % 1000).as_bytes(),
+            );
+        }
+        run(&mut s, &kvs, &sets);
+        let mut get = b"get".to_vec();
+        let mut expected = Vec::new();
+        for i in 0..10_000 {
+            get.extend_from_slice(format!(" {}", key(i)).as_bytes());
+            if i % 3 == 0 {
+                expected.extend_from_slice(
+                    format!("VALUE {} {i} 3\r\n{:03}\r\n", key(i), i % 1000).as_bytes(),
+                );
+            }
+        }
+        get.extend_from_slice(b"\r\nversion\r\n");
+        expected
+            .extend_from_slice(format!("END\r\nVERSION {}\r\n", crate::kvs::VERSION).as_bytes());
+        let mut out = Vec::new();
+        for piece in get.chunks(1448) {
+            out.extend(run(&mut s, &kvs, piece));
+        }
+        assert!(out == expected, "{}", String::from_utf8_lossy(&out[..200]));
+        assert!(!s.wants_close());
+    }
+
+    #[test]
+    fn a_full_backlog_pauses_a_long_multi_get_between_its_keys() {
+        let kvs = kvs();
+        let mut s = Session::new(1 << 20);
+        let mut set = b"set big 0 0 100000\r\n".to_vec();
+        set.extend(std::iter::repeat_n(b'v', 100_000));
+        set.extend_from_slice(b"\r\n");
+        run(&mut s, &kvs, &set);
+        let mut get = b"get".to_vec();
+        for _ in 0..20_000 {
+            get.extend_from_slice(b" big");
+        }
+        get.extend_from_slice(b"\r\n");
+        // The first piece passes the line limit: its keys are handed out,
+        // and their replies fill the backlog.
+        let (first, rest) = get.split_at(MAX_GET_LINE + 20);
+        assert_eq!(s.feed(first, &kvs, 0, 10), first.len());
+        assert!(s.is_blocked());
+        assert_eq!(s.feed(rest, &kvs, 0, 10), 0, "paused inside the line");
+        assert!(s.mid_request());
+        let mut out = drain(&mut s).len();
+        assert_eq!(s.feed(rest, &kvs, 0, 10), rest.len());
+        out += drain(&mut s).len();
+        let value = 100_000 + "VALUE big 0 100000\r\n\r\n".len();
+        assert_eq!(out, 20_000 * value + END.len());
     }
 
     #[test]
