@@ -716,14 +716,15 @@ fn run_core<A: App>(
         thread.core().add_static_arp(*ip, *mac);
     }
     let mut handler = Dispatch(app);
+    // The loop publishes once more as it ends: the counters are final.
     thread.run(&mut handler, stop);
-    thread.publish();
+    let last = counters.snapshot();
     Ok(CoreReport {
         core: q,
-        rx_packets: counters.rx_packets.load(Ordering::Relaxed),
-        tx_packets: counters.tx_packets.load(Ordering::Relaxed),
-        mean_batch: counters.mean_batch(),
-        idle_loops: counters.idle_loops.load(Ordering::Relaxed),
+        rx_packets: last.rx_packets,
+        tx_packets: last.tx_packets,
+        mean_batch: last.mean_batch(),
+        idle_loops: last.idle_turns,
         queue: thread.queue_stats(),
         tcp: thread.core().tcp_stats(),
     })
