@@ -12,14 +12,15 @@
 //! ```
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{DEFAULT_SOCKET, SOCKET_ENV};
 use crate::proto::{
-    self, AllocateArgs, ApiError, LaunchArgs, LaunchReply, LogsReply, Outcome, Registration, Reply,
-    Request, RequestFrame, ResponseFrame, StatsReply, StatusReply, StopReply, MAX_FRAME, VERSION,
+    self, AllocateArgs, ApiError, LaunchArgs, LaunchReply, LogsReply, Outcome, ReattachReply,
+    Registration, Reply, Request, RequestFrame, ResponseFrame, StatsReply, StatusReply, StopReply,
+    MAX_FRAME, VERSION,
 };
 use crate::resources::{Allocation, ResourcesView};
 use crate::sys::SeqPacket;
@@ -121,6 +122,7 @@ fn reply_type(reply: &Reply) -> &'static str {
         Reply::Logs(_) => "logs",
         Reply::Registered(_) => "registered",
         Reply::Launched(_) => "launched",
+        Reply::Reattached(_) => "reattached",
     }
 }
 
@@ -154,11 +156,33 @@ impl Client {
         &self.path
     }
 
+    /// The connection's descriptor, to poll: it turns readable when ixcpd
+    /// closes the connection (a lifeline's end).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Whether ixcpd has closed this connection (it never writes to a
+    /// lifeline unasked, so anything readable on one is its end).
+    pub fn closed(&self) -> bool {
+        self.sock.peer_closed().unwrap_or(true)
+    }
+
     /// Sends `request` and waits for its response; file descriptors that
     /// come with it are returned in order.
     pub fn call_with_fds(
         &mut self,
         request: Request,
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        self.call_sending_fds(request, &[])
+    }
+
+    /// Sends `request` with `send` attached and waits for its response;
+    /// file descriptors that come with it are returned in order.
+    pub fn call_sending_fds(
+        &mut self,
+        request: Request,
+        send: &[BorrowedFd<'_>],
     ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -167,7 +191,7 @@ impl Client {
             id,
             request,
         });
-        if let Err(err) = self.sock.send(&bytes, &[]) {
+        if let Err(err) = self.sock.send(&bytes, send) {
             return Err(match err.kind() {
                 // The daemon hung up, perhaps after saying why: read it.
                 io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
@@ -288,26 +312,42 @@ impl Client {
     }
 
     /// `register`: claims the allocation `name` for this process. Returns
-    /// the registration and one buffer-pool memfd per core (index `i` is
-    /// `registration.pools[i]`). Keep this client open: closing it tells
+    /// the registration and the descriptors it lists: one buffer-pool
+    /// memfd per core (`registration.pools[i].fd`), then the stats page
+    /// (`registration.stats`). Keep this client open: closing it tells
     /// ixcpd the dataplane is gone and its resources are released.
     pub fn register(&mut self, name: &str) -> Result<(Registration, Vec<OwnedFd>), ClientError> {
         let name = name.to_owned();
         let (reply, fds) = self.call_with_fds(Request::Register { name })?;
         let registration = expect_reply!(reply, Registered, "registered")?;
-        if fds.len() != registration.pools.len()
-            || registration
-                .pools
-                .iter()
-                .any(|p| p.fd as usize >= fds.len())
-        {
+        let listed = registration.pools.len() + usize::from(registration.stats.is_some());
+        let mut indices = registration
+            .pools
+            .iter()
+            .map(|p| p.fd)
+            .chain(registration.stats.as_ref().map(|s| s.fd));
+        if fds.len() != listed || indices.any(|fd| fd as usize >= fds.len()) {
             return Err(ClientError::Protocol(format!(
-                "registration lists {} pools but {} file descriptors arrived",
-                registration.pools.len(),
+                "registration lists {listed} descriptors but {} arrived",
                 fds.len()
             )));
         }
         Ok((registration, fds))
+    }
+
+    /// `reattach`: after ixcpd restarted, makes this connection the
+    /// lifeline of dataplane `name` again, registered earlier by this
+    /// process (`pid`), handing over its stats page.
+    pub fn reattach(
+        &mut self,
+        name: &str,
+        pid: u32,
+        stats: Option<BorrowedFd<'_>>,
+    ) -> Result<ReattachReply, ClientError> {
+        let name = name.to_owned();
+        let fds: Vec<BorrowedFd<'_>> = stats.into_iter().collect();
+        let (reply, _) = self.call_sending_fds(Request::Reattach { name, pid }, &fds)?;
+        expect_reply!(reply, Reattached, "reattached")
     }
 }
 

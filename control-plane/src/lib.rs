@@ -99,9 +99,11 @@ pub mod config;
 pub mod daemon;
 pub mod host;
 pub mod launch;
+pub mod process;
 pub mod proto;
 pub mod resources;
 pub mod server;
+pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod units;
