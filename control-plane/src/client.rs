@@ -162,10 +162,22 @@ impl Client {
         self.sock.as_fd()
     }
 
-    /// Whether ixcpd has closed this connection (it never writes to a
-    /// lifeline unasked, so anything readable on one is its end).
-    pub fn closed(&self) -> bool {
-        self.sock.peer_closed().unwrap_or(true)
+    /// For when [`Client::as_fd`] polled readable with no request out:
+    /// whether ixcpd closed the connection. ixcpd sends nothing unasked
+    /// in this protocol version; a message that arrives anyway is read
+    /// and dropped (and `false` returned) so that it cannot keep the
+    /// descriptor readable.
+    pub fn closed(&mut self) -> bool {
+        let mut fds = Vec::new();
+        match self.sock.recv(&mut self.buf, &mut fds) {
+            Ok(got) if got.len == 0 && fds.is_empty() => self.sock.peer_closed().unwrap_or(true),
+            Ok(got) => {
+                log::debug!("ixcpd sent {} bytes unasked; dropped", got.len);
+                false
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => false,
+            Err(_) => true,
+        }
     }
 
     /// Sends `request` and waits for its response; file descriptors that
@@ -373,6 +385,24 @@ mod tests {
         assert_eq!(default_socket_path(), PathBuf::from(DEFAULT_SOCKET));
         std::env::remove_var(SOCKET_ENV);
         assert_eq!(default_socket_path(), PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn a_closed_connection_is_told_from_an_unasked_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let listener = crate::sys::Listener::bind(&path, 4).unwrap();
+        let mut client = Client::connect_with_timeout(&path, Duration::from_millis(50)).unwrap();
+        let server = loop {
+            if let Some(sock) = listener.accept().unwrap() {
+                break sock;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        server.send(b"{}", &[]).unwrap();
+        assert!(!client.closed(), "a message is not a close");
+        drop(server);
+        assert!(client.closed());
     }
 
     #[test]
