@@ -90,6 +90,11 @@ pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often processes without a pidfd (kernels before 5.3) are looked
 /// up in `/proc` for their exit.
 pub const PROC_POLL: Duration = Duration::from_millis(250);
+/// How long a registered process's lifeline may stay open after its exit
+/// was seen before the dataplane is released anyway (the lifeline closes
+/// with the exit unless another process inherited it; the grace lets the
+/// close be seen as what it is).
+pub const LIFELINE_GRACE: Duration = Duration::from_millis(100);
 /// Log lines kept per dataplane.
 pub const LOG_LINES: usize = 128;
 /// Longest log line kept, bytes.
@@ -132,6 +137,8 @@ struct Holder {
     id: ProcessId,
     /// Its exit, when its identity could be read.
     watch: Option<Watch>,
+    /// When its exit was seen while its lifeline was still open.
+    exited_at: Option<Instant>,
     stopping: Option<Stopping>,
 }
 
@@ -142,6 +149,7 @@ impl Holder {
             conn,
             id: id.unwrap_or(ProcessId { pid, start: 0 }),
             watch: id.map(Watch::new),
+            exited_at: None,
             stopping: None,
         }
     }
@@ -601,15 +609,21 @@ impl Daemon {
         ));
     }
 
-    /// Releases `name` if the program `pid` started for it holds it (or
-    /// nobody registered); a dataplane of the same name made later, or
-    /// one registered by another process, is left alone.
+    /// Releases `name` if the program `pid` started for it holds it
+    /// without a lifeline (it never registered, or has not reattached
+    /// since a restart); a dataplane of the same name made later, one
+    /// registered by another process, and one whose lifeline is open (its
+    /// close releases it, see [`Daemon::disconnected`]) are left alone.
     /// Returns whether it released.
     fn release_launched(&mut self, name: &str, pid: u32, why: &str) -> bool {
         let Some(dp) = self.dataplanes.get(name) else {
             return false;
         };
-        let ours = dp.launched == Some(pid) && dp.holder.as_ref().is_none_or(|h| h.id.pid == pid);
+        let ours = dp.launched == Some(pid)
+            && dp
+                .holder
+                .as_ref()
+                .is_none_or(|h| h.id.pid == pid && h.conn.is_none());
         if ours {
             self.release(name, &format!("pid {pid} {why}"));
         }
@@ -661,25 +675,38 @@ impl Daemon {
     }
 
     /// Releases the dataplanes whose registered process exited without
-    /// its lifeline closing first: re-adopted ones that had not
-    /// reattached, and ones whose lifeline another process inherited.
-    fn service_holders(&mut self) {
-        let gone: Vec<(String, u32, bool)> = self
-            .dataplanes
-            .iter()
-            .filter_map(|(name, dp)| {
-                let holder = dp.holder.as_ref()?;
-                let exited = holder.watch.as_ref()?.exited();
-                exited.then(|| (name.clone(), holder.id.pid, holder.conn.is_some()))
-            })
-            .collect();
-        for (name, pid, attached) in gone {
-            let how = if attached {
-                "; its lifeline is still open, held by another process"
-            } else {
-                " before it reattached (seen by its pidfd)"
+    /// its lifeline closing: re-adopted ones that had not reattached (at
+    /// once), and ones whose lifeline another process inherited (after
+    /// [`LIFELINE_GRACE`]).
+    fn service_holders(&mut self, now: Instant) {
+        let mut gone = Vec::new();
+        for (name, dp) in &mut self.dataplanes {
+            let Some(holder) = dp.holder.as_mut() else {
+                continue;
             };
-            self.release(&name, &format!("pid {pid} exited{how}"));
+            if !holder.watch.as_ref().is_some_and(Watch::exited) {
+                continue;
+            }
+            let pid = holder.id.pid;
+            if holder.conn.is_none() {
+                gone.push((
+                    name.clone(),
+                    format!("pid {pid} exited before it reattached (seen by its pidfd)"),
+                ));
+            } else {
+                let since = *holder.exited_at.get_or_insert(now);
+                if now.saturating_duration_since(since) >= LIFELINE_GRACE {
+                    gone.push((
+                        name.clone(),
+                        format!(
+                            "pid {pid} exited, but its lifeline is still open (another process                              holds it)"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (name, why) in gone {
+            self.release(&name, &why);
         }
     }
 
@@ -1204,7 +1231,7 @@ impl Daemon {
             sys::drain(watch.as_fd());
         }
         self.service_children(now);
-        self.service_holders();
+        self.service_holders(now);
         let mut kill = Vec::new();
         let mut give_up = Vec::new();
         for (name, dp) in &mut self.dataplanes {
@@ -1272,7 +1299,12 @@ impl Daemon {
                     .is_some_and(|w| w.fd().is_none())
             });
         let polling = blind.then(|| Instant::now() + PROC_POLL);
-        stops.chain(launches).chain(polling).min()
+        let graces = self
+            .dataplanes
+            .values()
+            .filter_map(|dp| dp.holder.as_ref()?.exited_at)
+            .map(|t| t + LIFELINE_GRACE);
+        stops.chain(launches).chain(polling).chain(graces).min()
     }
 
     /// The books as the state file holds them.
@@ -1427,6 +1459,7 @@ impl Daemon {
                         conn: None,
                         id,
                         watch: Some(Watch::new(id)),
+                        exited_at: None,
                         stopping: None,
                     }),
                     launched: launched.map(|l| l.pid),
@@ -1931,16 +1964,29 @@ mod tests {
         assert_eq!((l.pid, l.registered_ms), (pid, 30));
         assert_eq!(l.dataplane.state, DataplaneState::Running);
         assert_eq!(l.dataplane.pid, Some(pid));
-        // The program dies; its exit releases the dataplane even before
-        // the lifeline (held here by nobody) would.
+        // The program dies. Its lifeline would close with it; here nobody
+        // holds it, so the exit releases the dataplane after the grace.
         d.children.get_mut(&pid).unwrap().child.kill();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !d.children.is_empty() {
-            assert!(Instant::now() < deadline, "child not reaped");
+        while !d.children.is_empty() || d.resources.free_cores().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "child not reaped or not released"
+            );
             std::thread::sleep(Duration::from_millis(5));
             d.tick(Instant::now());
         }
-        assert_eq!(d.resources.free_cores().len(), 2);
+        let texts = log_texts(&mut d, "echo");
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.ends_with("exited (killed by signal 9)")),
+            "{texts:?}"
+        );
+        assert!(
+            texts.last().unwrap().contains("its lifeline is still open"),
+            "{texts:?}"
+        );
         d.disconnected(ConnId(8));
         assert_eq!(d.resources.free_cores().len(), 2);
     }
