@@ -379,11 +379,22 @@ struct Totals {
     events: u64,
 }
 
-/// Where the current publication interval began.
+/// Where the current publication interval began, and when it ends.
 #[derive(Clone, Copy, Debug)]
 struct Window {
     start: Instant,
+    end: Instant,
     at: Totals,
+}
+
+impl Window {
+    fn starting(start: Instant, at: Totals) -> Window {
+        Window {
+            start,
+            end: start + stats::PUBLISH_INTERVAL,
+            at,
+        }
+    }
 }
 
 /// One elastic thread's state: the [`Core`] plus the loop's scratch arrays.
@@ -429,10 +440,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
             tcp_events: Vec::with_capacity(4 * batch),
             events: Vec::with_capacity(4 * batch),
             totals: Totals::default(),
-            window: Window {
-                start: now,
-                at: Totals::default(),
-            },
+            window: Window::starting(now, Totals::default()),
             averages: Averages::default(),
             publishes: 0,
             counters,
@@ -536,7 +544,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
             t.idle_turns += 1;
             std::hint::spin_loop();
         }
-        if now.saturating_since(self.window.start) >= stats::PUBLISH_INTERVAL {
+        if now >= self.window.end {
             self.publish_at(now);
         }
         busy
@@ -574,7 +582,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
             idle_turns: t.idle_turns - at.idle_turns,
             full_polls: t.full_polls - at.full_polls,
         });
-        self.window = Window { start: now, at: t };
+        self.window = Window::starting(now, t);
         self.publishes += 1;
         let q = self.queue.stats();
         let a = &self.averages;
