@@ -452,11 +452,12 @@ impl Daemon {
     pub fn wake_fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut fds: Vec<BorrowedFd<'_>> = self.log_watch.iter().map(AsFd::as_fd).collect();
         fds.extend(self.children.values().filter_map(|l| l.child.fd()));
-        fds.extend(
-            self.dataplanes
-                .values()
-                .filter_map(|dp| dp.holder.as_ref()?.watch.as_ref()?.fd()),
-        );
+        // A holder whose exit was seen already waits out its grace as a
+        // deadline; its readable pidfd would only spin the loop.
+        fds.extend(self.dataplanes.values().filter_map(|dp| {
+            let holder = dp.holder.as_ref().filter(|h| h.exited_at.is_none())?;
+            holder.watch.as_ref()?.fd()
+        }));
         fds
     }
 
@@ -1973,6 +1974,18 @@ mod tests {
                 Instant::now() < deadline,
                 "child not reaped or not released"
             );
+            if d.dataplanes
+                .values()
+                .any(|dp| dp.holder.as_ref().is_some_and(|h| h.exited_at.is_some()))
+            {
+                let inotify = usize::from(d.log_watch.is_some());
+                assert_eq!(
+                    d.wake_fds().len(),
+                    inotify,
+                    "a seen exit is not polled again"
+                );
+                assert!(d.next_deadline().is_some(), "its grace is a deadline");
+            }
             std::thread::sleep(Duration::from_millis(5));
             d.tick(Instant::now());
         }

@@ -919,6 +919,33 @@ mod tests {
         assert_eq!(a, before, "an interval without turns changes nothing");
     }
 
+    proptest::proptest! {
+        /// Whatever a dataplane writes into its page, a reader gets
+        /// numbers or an error, never a panic.
+        #[test]
+        fn reading_arbitrary_page_contents_never_panics(
+            words in proptest::collection::vec(proptest::prelude::any::<u64>(), page_len(3) / 8),
+            keep_header in proptest::prelude::any::<bool>(),
+        ) {
+            let page = StatsPage::create("ix-stats-prop", 3).unwrap();
+            let skip = if keep_header { HEADER_LEN / 8 } else { 0 };
+            for (i, w) in words.iter().enumerate().skip(skip) {
+                page.word(i * 8).store(*w, Ordering::Relaxed);
+            }
+            let reader = StatsPage::open(page.fd().try_clone_to_owned().unwrap(), 3, false);
+            if let Ok(reader) = reader {
+                for core in 0..4 {
+                    let _ = reader.read(core);
+                }
+            }
+            for core in 0..3 {
+                if let Ok(s) = page.read(core) {
+                    let _ = s.mean_batch();
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_local_record_reads_back_what_was_published() {
         let record = LocalRecord::default();
