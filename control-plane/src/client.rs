@@ -12,14 +12,15 @@
 //! ```
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{DEFAULT_SOCKET, SOCKET_ENV};
 use crate::proto::{
-    self, AllocateArgs, ApiError, LaunchArgs, LaunchReply, LogsReply, Outcome, Registration, Reply,
-    Request, RequestFrame, ResponseFrame, StatsReply, StatusReply, StopReply, MAX_FRAME, VERSION,
+    self, AllocateArgs, ApiError, LaunchArgs, LaunchReply, LogsReply, Outcome, ReattachReply,
+    Registration, Reply, Request, RequestFrame, ResponseFrame, StatsReply, StatusReply, StopReply,
+    MAX_FRAME, VERSION,
 };
 use crate::resources::{Allocation, ResourcesView};
 use crate::sys::SeqPacket;
@@ -121,6 +122,7 @@ fn reply_type(reply: &Reply) -> &'static str {
         Reply::Logs(_) => "logs",
         Reply::Registered(_) => "registered",
         Reply::Launched(_) => "launched",
+        Reply::Reattached(_) => "reattached",
     }
 }
 
@@ -154,11 +156,45 @@ impl Client {
         &self.path
     }
 
+    /// The connection's descriptor, to poll: it turns readable when ixcpd
+    /// closes the connection (a lifeline's end).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// For when [`Client::as_fd`] polled readable with no request out:
+    /// whether ixcpd closed the connection. ixcpd sends nothing unasked
+    /// in this protocol version; a message that arrives anyway is read
+    /// and dropped (and `false` returned) so that it cannot keep the
+    /// descriptor readable.
+    pub fn closed(&mut self) -> bool {
+        let mut fds = Vec::new();
+        match self.sock.recv(&mut self.buf, &mut fds) {
+            Ok(got) if got.len == 0 && fds.is_empty() => self.sock.peer_closed().unwrap_or(true),
+            Ok(got) => {
+                log::debug!("ixcpd sent {} bytes unasked; dropped", got.len);
+                false
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => false,
+            Err(_) => true,
+        }
+    }
+
     /// Sends `request` and waits for its response; file descriptors that
     /// come with it are returned in order.
     pub fn call_with_fds(
         &mut self,
         request: Request,
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        self.call_sending_fds(request, &[])
+    }
+
+    /// Sends `request` with `send` attached and waits for its response;
+    /// file descriptors that come with it are returned in order.
+    pub fn call_sending_fds(
+        &mut self,
+        request: Request,
+        send: &[BorrowedFd<'_>],
     ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -167,7 +203,7 @@ impl Client {
             id,
             request,
         });
-        if let Err(err) = self.sock.send(&bytes, &[]) {
+        if let Err(err) = self.sock.send(&bytes, send) {
             return Err(match err.kind() {
                 // The daemon hung up, perhaps after saying why: read it.
                 io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
@@ -288,26 +324,42 @@ impl Client {
     }
 
     /// `register`: claims the allocation `name` for this process. Returns
-    /// the registration and one buffer-pool memfd per core (index `i` is
-    /// `registration.pools[i]`). Keep this client open: closing it tells
+    /// the registration and the descriptors it lists: one buffer-pool
+    /// memfd per core (`registration.pools[i].fd`), then the stats page
+    /// (`registration.stats`). Keep this client open: closing it tells
     /// ixcpd the dataplane is gone and its resources are released.
     pub fn register(&mut self, name: &str) -> Result<(Registration, Vec<OwnedFd>), ClientError> {
         let name = name.to_owned();
         let (reply, fds) = self.call_with_fds(Request::Register { name })?;
         let registration = expect_reply!(reply, Registered, "registered")?;
-        if fds.len() != registration.pools.len()
-            || registration
-                .pools
-                .iter()
-                .any(|p| p.fd as usize >= fds.len())
-        {
+        let listed = registration.pools.len() + usize::from(registration.stats.is_some());
+        let mut indices = registration
+            .pools
+            .iter()
+            .map(|p| p.fd)
+            .chain(registration.stats.as_ref().map(|s| s.fd));
+        if fds.len() != listed || indices.any(|fd| fd as usize >= fds.len()) {
             return Err(ClientError::Protocol(format!(
-                "registration lists {} pools but {} file descriptors arrived",
-                registration.pools.len(),
+                "registration lists {listed} descriptors but {} arrived",
                 fds.len()
             )));
         }
         Ok((registration, fds))
+    }
+
+    /// `reattach`: after ixcpd restarted, makes this connection the
+    /// lifeline of dataplane `name` again, registered earlier by this
+    /// process (`pid`), handing over its stats page.
+    pub fn reattach(
+        &mut self,
+        name: &str,
+        pid: u32,
+        stats: Option<BorrowedFd<'_>>,
+    ) -> Result<ReattachReply, ClientError> {
+        let name = name.to_owned();
+        let fds: Vec<BorrowedFd<'_>> = stats.into_iter().collect();
+        let (reply, _) = self.call_sending_fds(Request::Reattach { name, pid }, &fds)?;
+        expect_reply!(reply, Reattached, "reattached")
     }
 }
 
@@ -333,6 +385,24 @@ mod tests {
         assert_eq!(default_socket_path(), PathBuf::from(DEFAULT_SOCKET));
         std::env::remove_var(SOCKET_ENV);
         assert_eq!(default_socket_path(), PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn a_closed_connection_is_told_from_an_unasked_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let listener = crate::sys::Listener::bind(&path, 4).unwrap();
+        let mut client = Client::connect_with_timeout(&path, Duration::from_millis(50)).unwrap();
+        let server = loop {
+            if let Some(sock) = listener.accept().unwrap() {
+                break sock;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        server.send(b"{}", &[]).unwrap();
+        assert!(!client.closed(), "a message is not a close");
+        drop(server);
+        assert!(client.closed());
     }
 
     #[test]

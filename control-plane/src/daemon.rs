@@ -1,49 +1,82 @@
 //! What ixcpd knows and does, independent of sockets: the resource books,
-//! each dataplane's buffer pools and registration, and a log per
-//! dataplane. [`Daemon::handle`] turns one request into one reply; the
-//! server feeds it requests and tells it when connections close.
+//! each dataplane's buffer pools, stats page and registration, a log per
+//! dataplane, and the state file that lets a restarted ixcpd know its
+//! dataplanes again. [`Daemon::handle`] turns one request into one reply;
+//! the server feeds it requests and tells it when connections close.
 //!
 //! # Dataplane life
 //!
 //! `allocate` reserves cores, the port and memory, and creates one
 //! buffer-pool memfd per core with its memory allocated up front, so a
 //! budget that the machine cannot back fails now rather than at first
-//! touch in the dataplane. A process then sends `register` with the name:
-//! it receives the allocation, its port settings and the pool memfds, and
-//! its connection becomes the dataplane's *lifeline*. When the lifeline
-//! closes — the process exited, was killed, or crashed — everything
-//! returns to the pool at once. `stop` releases an unregistered allocation
-//! immediately; a registered one gets SIGTERM, SIGKILL after
-//! [`STOP_GRACE`], and is released when its lifeline closes (or after
-//! [`STOP_GIVE_UP`] if some other process inherited the lifeline).
+//! touch in the dataplane, and the dataplane's stats page (see
+//! `dataplane::stats`). A process then sends `register` with the name: it
+//! receives the allocation, its port settings, the pool memfds and the
+//! stats page, and its connection becomes the dataplane's *lifeline*.
+//! When the lifeline closes — the process exited, was killed, or crashed —
+//! everything returns to the pool at once. The process is also watched
+//! through a pidfd (see [`crate::process`]), which catches an exit when
+//! something else inherited the lifeline, and is all there is while a
+//! re-adopted dataplane has not reattached. `stop` releases an
+//! unregistered allocation immediately; a registered one gets SIGTERM,
+//! SIGKILL after [`STOP_GRACE`], and is released when it exits (or after
+//! [`STOP_GIVE_UP`] if its lifeline stays open and no exit is seen).
 //!
 //! `launch` allocates the same way, then starts the program (see
 //! [`crate::launch`]) and answers only when the program has registered:
 //! with the time it took, or — when the program exits first or does not
 //! register within [`LAUNCH_TIMEOUT`] — with an error quoting its last
 //! lines of output, the allocation released. A launched program that
-//! exits later releases its dataplane even if it never registered (its
-//! exit is collected with `waitpid`, see [`Daemon::tick`]). Its stdout
-//! and stderr go to the dataplane's log, served by `logs`.
+//! exits later releases its dataplane even if it never registered. Its
+//! stdout and stderr go to the dataplane's log, served by `logs`.
+//!
+//! `stats` reads the dataplane's stats page: what each core last
+//! published. The dataplane writes that page; its numbers are passed on
+//! as numbers, and a page that cannot be read is reported in the reply's
+//! `note`, never an error of the daemon.
 //!
 //! A dataplane belongs to the uid that allocated it: only that uid and
-//! root may register, stop or resize it. Anyone authorised may read.
+//! root may register, reattach, stop or resize it. Anyone authorised may
+//! read.
+//!
+//! # Restarts
+//!
+//! The books are written to the state file (see [`crate::state`]) after
+//! every change. A starting daemon reads it back: a dataplane whose
+//! registered process still runs (same pid *and* start time, same boot)
+//! is re-adopted — its cores, port and memory taken again exactly as they
+//! were, its state `running` — and waits for the process to `reattach`:
+//! the dataplane's libix runtime notices its lifeline closed and
+//! reconnects with backoff, sending its pid and its stats page; that
+//! connection becomes the new lifeline. Its buffer pools stay where they
+//! are, mapped by the dataplane; the daemon no longer holds them (it only
+//! needs them to hand to a registrant, and this one registered). A
+//! dataplane whose process died while no daemon ran is released on load,
+//! with the last output of its program in its log. A program an earlier
+//! daemon launched is watched through a pidfd, and its output files are
+//! read from their start. An allocation nobody registered is restored
+//! with fresh pools. A running dataplane whose holdings no longer fit the
+//! config (a CPU or port removed) stops the daemon from starting
+//! ([`StateError::Conflict`]): adopting part of it would hand the rest out
+//! twice.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::os::fd::BorrowedFd;
-use std::path::Path;
+use dataplane::stats::{self, StatsPage};
 
 use crate::config::{Config, HugePages, Policy};
-use crate::launch::{self, LaunchedChild, Spec, Stream};
+use crate::launch::{self, LaunchedChild, LogFiles, Spec, Stream};
+use crate::process::{self, ProcessId, Watch};
 use crate::proto::{
-    AllocateArgs, ApiError, DaemonInfo, DataplaneInfo, DataplaneState, ErrorCode, Isolation,
-    LaunchArgs, LaunchReply, LogLine, LogsReply, PoolFd, Registration, Reply, Request, StatsReply,
-    StatusReply, StopReply, VERSION,
+    AllocateArgs, ApiError, CoreStatsView, DaemonInfo, DataplaneInfo, DataplaneState, ErrorCode,
+    Isolation, LaunchArgs, LaunchReply, LogLine, LogsReply, PoolFd, ReattachReply, Registration,
+    Reply, Request, StatsFd, StatsReply, StatusReply, StopReply, VERSION,
 };
 use crate::resources::{AllocError, AllocRequest, Allocation, MemoryAsk, Resources};
+use crate::state::{self, Files, Saved, SavedDataplane, StateError, STATE_VERSION};
 use crate::sys::{self, PeerCred};
 use crate::units::Bytes;
 
@@ -54,9 +87,14 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 pub const STOP_GIVE_UP: Duration = Duration::from_secs(3);
 /// Time a launched program has to register.
 pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often exits are looked for once a launched program closed its
-/// output (the usual sign that it is exiting).
-pub const REAP_INTERVAL: Duration = Duration::from_millis(20);
+/// How often processes without a pidfd (kernels before 5.3) are looked
+/// up in `/proc` for their exit.
+pub const PROC_POLL: Duration = Duration::from_millis(250);
+/// How long a registered process's lifeline may stay open after its exit
+/// was seen before the dataplane is released anyway (the lifeline closes
+/// with the exit unless another process inherited it; the grace lets the
+/// close be seen as what it is).
+pub const LIFELINE_GRACE: Duration = Duration::from_millis(100);
 /// Log lines kept per dataplane.
 pub const LOG_LINES: usize = 128;
 /// Longest log line kept, bytes.
@@ -90,11 +128,39 @@ pub struct Counters {
     pub refused: u64,
 }
 
+/// The process that registered a dataplane.
 #[derive(Debug)]
 struct Holder {
-    conn: ConnId,
-    pid: u32,
+    /// Its lifeline; `None` after a restart until it reattaches.
+    conn: Option<ConnId>,
+    /// Pid and start time (start 0 when `/proc` had no entry for it).
+    id: ProcessId,
+    /// Its exit, when its identity could be read.
+    watch: Option<Watch>,
+    /// When its exit was seen while its lifeline was still open.
+    exited_at: Option<Instant>,
     stopping: Option<Stopping>,
+}
+
+impl Holder {
+    fn new(conn: Option<ConnId>, pid: u32) -> Holder {
+        let id = ProcessId::of(pid);
+        Holder {
+            conn,
+            id: id.unwrap_or(ProcessId { pid, start: 0 }),
+            watch: id.map(Watch::new),
+            exited_at: None,
+            stopping: None,
+        }
+    }
+
+    /// Sends `signal` to it, through its pidfd when it has one.
+    fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+        match &self.watch {
+            Some(watch) => watch.signal(signal),
+            None => sys::kill(self.id.pid, signal),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -105,7 +171,13 @@ struct Stopping {
 
 #[derive(Debug)]
 struct Dataplane {
+    /// Pool memfds to hand to a registrant; empty for a re-adopted
+    /// dataplane (its pools live on in its process).
     pools: Vec<OwnedFd>,
+    /// Its stats page, once ixcpd has one.
+    stats: Option<StatsPage>,
+    /// Why there is no page, or what is wrong with it.
+    stats_note: Option<String>,
     huge: bool,
     owner_uid: u32,
     since_unix_ms: u64,
@@ -122,7 +194,7 @@ struct Waiter {
     deadline: Instant,
 }
 
-/// A program ixcpd started, until its exit is collected.
+/// A program ixcpd (or an earlier ixcpd) started, until its exit is seen.
 #[derive(Debug)]
 struct Launch {
     name: String,
@@ -165,6 +237,12 @@ pub struct Daemon {
     children: BTreeMap<u32, Launch>,
     finished: Vec<(ConnId, Answer)>,
     started: Instant,
+    files: Files,
+    /// inotify on the launched programs' output directory.
+    log_watch: Option<OwnedFd>,
+    /// The bytes the state file holds.
+    saved: Vec<u8>,
+    boot_id: String,
     /// Counters the server updates.
     pub counters: Counters,
 }
@@ -179,12 +257,15 @@ fn alloc_error(err: AllocError) -> ApiError {
     let code = match &err {
         AllocError::NameInUse { .. } => ErrorCode::AlreadyExists,
         AllocError::NotFound { .. } => ErrorCode::NotFound,
-        AllocError::Short(_) => ErrorCode::InsufficientResources,
+        AllocError::Short(_) | AllocError::CpuUnavailable { .. } => {
+            ErrorCode::InsufficientResources
+        }
         AllocError::BadName { .. }
         | AllocError::NoSuchPort { .. }
         | AllocError::ZeroCores
         | AllocError::BadBuffers { .. }
-        | AllocError::MemoryTooSmall { .. } => ErrorCode::InvalidArgument,
+        | AllocError::MemoryTooSmall { .. }
+        | AllocError::Inconsistent { .. } => ErrorCode::InvalidArgument,
     };
     ApiError::new(code, err.to_string())
 }
@@ -193,10 +274,23 @@ fn not_found(name: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("no dataplane named {name:?}"))
 }
 
+fn tagged(stream: Stream, line: &str) -> String {
+    let tag = match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    };
+    format!("{tag}: {line}")
+}
+
 impl Daemon {
-    /// A daemon giving out what `config` lists, nothing allocated.
-    pub fn new(config: Config) -> Daemon {
-        Daemon {
+    /// A daemon giving out what `config` lists, its files beside the
+    /// config's socket ([`Files::beside`]). Books an earlier daemon left
+    /// in the state file are taken back (see the module docs); a state
+    /// file that cannot be trusted or read, or whose running dataplanes no
+    /// longer fit, is an error.
+    pub fn new(config: Config) -> Result<Daemon, StateError> {
+        let files = Files::beside(&config.api.socket);
+        let mut daemon = Daemon {
             resources: Resources::new(&config),
             config,
             dataplanes: BTreeMap::new(),
@@ -205,8 +299,24 @@ impl Daemon {
             children: BTreeMap::new(),
             finished: Vec::new(),
             started: Instant::now(),
+            files,
+            log_watch: None,
+            saved: Vec::new(),
+            boot_id: process::boot_id(),
             counters: Counters::default(),
+        };
+        match state::load(&daemon.files.state)? {
+            Some(saved) => {
+                daemon.saved = state::encode(&saved);
+                daemon.restore(saved)?;
+            }
+            None => daemon.saved = state::encode(&daemon.books()),
         }
+        if daemon.files.logs.is_dir() {
+            daemon.watch_logs();
+        }
+        daemon.persist();
+        Ok(daemon)
     }
 
     /// The config it runs with.
@@ -217,6 +327,11 @@ impl Daemon {
     /// The resource books.
     pub fn resources(&self) -> &Resources {
         &self.resources
+    }
+
+    /// Where it keeps its files.
+    pub fn files(&self) -> &Files {
+        &self.files
     }
 
     fn log(&mut self, name: &str, text: String) {
@@ -266,12 +381,13 @@ impl Daemon {
                 Some(h) if h.stopping.is_some() => DataplaneState::Stopping,
                 Some(_) => DataplaneState::Running,
             },
-            pid: holder.map(|h| h.pid),
+            pid: holder.map(|h| h.id.pid),
             port: allocation.port.clone(),
             cpus: allocation.cpus.clone(),
             buffers_per_core: allocation.buffers_per_core,
             memory_bytes: allocation.memory_bytes(),
             since_unix_ms: dp.map_or(0, |d| d.since_unix_ms),
+            lifeline: holder.is_some_and(|h| h.conn.is_some()),
         }
     }
 
@@ -280,12 +396,28 @@ impl Daemon {
     /// waiting for its program to register); the caller's connection
     /// should send nothing else until then.
     pub fn handle(&mut self, caller: &Caller, request: Request, now: Instant) -> Option<Answer> {
+        self.handle_with_fds(caller, request, Vec::new(), now)
+    }
+
+    /// [`Daemon::handle`] for a request that came with descriptors (only
+    /// `reattach` takes one: the dataplane's stats page; the server
+    /// refuses them on any other request).
+    pub fn handle_with_fds(
+        &mut self,
+        caller: &Caller,
+        request: Request,
+        fds: Vec<OwnedFd>,
+        now: Instant,
+    ) -> Option<Answer> {
         let answer = match request {
             Request::Status => Ok(Reply::Status(self.status())).into(),
             Request::Resources => Ok(Reply::Resources(self.resources.view())).into(),
             Request::Allocate(args) => self.allocate(caller, args).map(Reply::Allocated).into(),
             Request::Launch(args) => match self.launch(caller, args, now) {
-                Ok(()) => return None,
+                Ok(()) => {
+                    self.persist();
+                    return None;
+                }
                 Err(err) => Err(err).into(),
             },
             Request::Stop { name } => self.stop(caller, &name, now).map(Reply::Stopped).into(),
@@ -299,7 +431,12 @@ impl Daemon {
                 },
                 Err(err) => Err(err).into(),
             },
+            Request::Reattach { name, pid } => self
+                .reattach(caller, &name, pid, fds)
+                .map(Reply::Reattached)
+                .into(),
         };
+        self.persist();
         Some(answer)
     }
 
@@ -309,9 +446,53 @@ impl Daemon {
         std::mem::take(&mut self.finished)
     }
 
-    /// The output pipes of launched programs, to poll for readability.
-    pub fn child_fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.children.values().flat_map(|l| l.child.fds()).collect()
+    /// Descriptors to poll: readable when a watched process exits (its
+    /// pidfd) or a launched program wrote output (inotify). Call
+    /// [`Daemon::tick`] when one is.
+    pub fn wake_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds: Vec<BorrowedFd<'_>> = self.log_watch.iter().map(AsFd::as_fd).collect();
+        fds.extend(self.children.values().filter_map(|l| l.child.fd()));
+        // A holder whose exit was seen already waits out its grace as a
+        // deadline; its readable pidfd would only spin the loop.
+        fds.extend(self.dataplanes.values().filter_map(|dp| {
+            let holder = dp.holder.as_ref().filter(|h| h.exited_at.is_none())?;
+            holder.watch.as_ref()?.fd()
+        }));
+        fds
+    }
+
+    /// Creates the output directory of launched programs (0700) and
+    /// watches it.
+    fn ensure_log_dir(&mut self) -> Result<(), ApiError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.files.logs.clone();
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|err| {
+                    ApiError::new(
+                        ErrorCode::Internal,
+                        format!("cannot create the output directory {dir:?}: {err}"),
+                    )
+                })?;
+        }
+        if self.log_watch.is_none() {
+            self.watch_logs();
+        }
+        Ok(())
+    }
+
+    fn watch_logs(&mut self) {
+        match sys::inotify_dir(&self.files.logs) {
+            Ok(fd) => self.log_watch = Some(fd),
+            Err(err) => log::warn!(
+                "cannot watch {:?} ({err}): launched programs' output is read when the loop \
+                 wakes for other reasons",
+                self.files.logs
+            ),
+        }
     }
 
     fn launch(&mut self, caller: &Caller, args: LaunchArgs, now: Instant) -> Result<(), ApiError> {
@@ -343,6 +524,7 @@ impl Daemon {
                 format!("cwd {cwd:?} is not an absolute path"),
             ));
         }
+        self.ensure_log_dir()?;
         let allocation = self.allocate(
             caller,
             AllocateArgs {
@@ -363,6 +545,7 @@ impl Daemon {
             args: &args.args,
             cwd: Path::new(&cwd),
             identity,
+            logs: &LogFiles::of(&self.files.logs, &name),
         });
         let child = match spawned {
             Ok(child) => child,
@@ -372,6 +555,7 @@ impl Daemon {
                 let code = match err {
                     launch::LaunchError::RelativeProgram { .. } => ErrorCode::InvalidArgument,
                     launch::LaunchError::Spawn { .. } => ErrorCode::LaunchFailed,
+                    launch::LaunchError::LogFile { .. } => ErrorCode::Internal,
                 };
                 return Err(ApiError::new(code, message));
             }
@@ -426,15 +610,21 @@ impl Daemon {
         ));
     }
 
-    /// Releases `name` if the program `pid` started for it holds it (or
-    /// nobody registered); a dataplane of the same name made later, or
-    /// one registered by another process, is left alone.
+    /// Releases `name` if the program `pid` started for it holds it
+    /// without a lifeline (it never registered, or has not reattached
+    /// since a restart); a dataplane of the same name made later, one
+    /// registered by another process, and one whose lifeline is open (its
+    /// close releases it, see [`Daemon::disconnected`]) are left alone.
     /// Returns whether it released.
     fn release_launched(&mut self, name: &str, pid: u32, why: &str) -> bool {
         let Some(dp) = self.dataplanes.get(name) else {
             return false;
         };
-        let ours = dp.launched == Some(pid) && dp.holder.as_ref().is_none_or(|h| h.pid == pid);
+        let ours = dp.launched == Some(pid)
+            && dp
+                .holder
+                .as_ref()
+                .is_none_or(|h| h.id.pid == pid && h.conn.is_none());
         if ours {
             self.release(name, &format!("pid {pid} {why}"));
         }
@@ -450,27 +640,19 @@ impl Daemon {
                 continue;
             };
             let name = launch.name.clone();
-            let lines = launch.child.read_output();
-            let status = launch.child.try_exit();
+            let exit = launch.child.try_exit();
             let late = launch.waiter.as_ref().is_some_and(|w| now >= w.deadline);
-            let lines = match status {
-                // Whatever it wrote before exiting is in the pipe now.
-                Some(_) => lines
-                    .into_iter()
-                    .chain(launch.child.read_output())
-                    .collect(),
-                None => lines,
+            // After an exit everything it wrote is in its files.
+            let lines = match exit {
+                Some(_) => launch.child.read_last_output(),
+                None => launch.child.read_output(),
             };
             for (stream, line) in lines {
-                let tag = match stream {
-                    Stream::Stdout => "stdout",
-                    Stream::Stderr => "stderr",
-                };
-                self.log(&name, format!("{tag}: {line}"));
+                self.log(&name, tagged(stream, &line));
             }
             let launch = self.children.get_mut(&pid).expect("present above");
-            if let Some(status) = status {
-                let what = format!("exited ({})", launch::describe(status));
+            if let Some(exit) = exit {
+                let what = format!("exited ({})", launch::describe(exit));
                 match launch.waiter.take() {
                     Some(waiter) => {
                         self.fail_launch(pid, waiter, &name, format!("{what} before registering"))
@@ -481,13 +663,51 @@ impl Daemon {
                         }
                     }
                 }
-                self.children.remove(&pid);
+                if let Some(done) = self.children.remove(&pid) {
+                    done.child.remove_logs();
+                }
             } else if late {
                 launch.child.kill();
                 let waiter = launch.waiter.take().expect("late implies a waiter");
                 let what = format!("did not register within {LAUNCH_TIMEOUT:?} (killed)");
                 self.fail_launch(pid, waiter, &name, what);
             }
+        }
+    }
+
+    /// Releases the dataplanes whose registered process exited without
+    /// its lifeline closing: re-adopted ones that had not reattached (at
+    /// once), and ones whose lifeline another process inherited (after
+    /// [`LIFELINE_GRACE`]).
+    fn service_holders(&mut self, now: Instant) {
+        let mut gone = Vec::new();
+        for (name, dp) in &mut self.dataplanes {
+            let Some(holder) = dp.holder.as_mut() else {
+                continue;
+            };
+            if !holder.watch.as_ref().is_some_and(Watch::exited) {
+                continue;
+            }
+            let pid = holder.id.pid;
+            if holder.conn.is_none() {
+                gone.push((
+                    name.clone(),
+                    format!("pid {pid} exited before it reattached (seen by its pidfd)"),
+                ));
+            } else {
+                let since = *holder.exited_at.get_or_insert(now);
+                if now.saturating_duration_since(since) >= LIFELINE_GRACE {
+                    gone.push((
+                        name.clone(),
+                        format!(
+                            "pid {pid} exited, but its lifeline is still open (another process                              holds it)"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (name, why) in gone {
+            self.release(&name, &why);
         }
     }
 
@@ -528,7 +748,10 @@ impl Daemon {
             memory,
         };
         let allocation = self.resources.allocate(&request).map_err(alloc_error)?;
-        let (pools, huge) = match self.make_pools(&allocation, 0) {
+        let made = self
+            .make_pools(&allocation, 0)
+            .and_then(|(pools, huge)| Ok((pools, huge, make_stats(&allocation)?)));
+        let (pools, huge, page) = match made {
             Ok(made) => made,
             Err(err) => {
                 self.resources
@@ -541,6 +764,8 @@ impl Daemon {
             allocation.name.clone(),
             Dataplane {
                 pools,
+                stats: Some(page),
+                stats_note: None,
                 huge,
                 owner_uid: caller.cred.uid,
                 since_unix_ms: unix_ms(),
@@ -645,8 +870,8 @@ impl Daemon {
             let launched = dp.launched;
             if let Some(pid) = launched {
                 // Started but not registered yet: end the program too.
-                if let Err(err) = sys::kill(pid, libc::SIGKILL) {
-                    log::debug!("SIGKILL to pid {pid} failed: {err}");
+                if let Some(l) = self.children.get_mut(&pid) {
+                    l.child.kill();
                 }
                 let waiter = self.children.get_mut(&pid).and_then(|l| l.waiter.take());
                 if let Some(waiter) = waiter {
@@ -661,13 +886,13 @@ impl Daemon {
                 pid: launched,
             });
         };
-        let pid = holder.pid;
+        let pid = holder.id.pid;
         if holder.stopping.is_none() {
             holder.stopping = Some(Stopping {
                 since: now,
                 killed: false,
             });
-            let sent = sys::kill(pid, libc::SIGTERM);
+            let sent = holder.signal(libc::SIGTERM);
             self.log(
                 name,
                 match sent {
@@ -691,9 +916,37 @@ impl Daemon {
 
     fn stats(&self, name: &str) -> Result<StatsReply, ApiError> {
         let allocation = self.resources.get(name).ok_or_else(|| not_found(name))?;
+        let dp = self.dataplanes.get(name).ok_or_else(|| not_found(name))?;
+        let now = dataplane::time::Instant::now().as_nanos();
+        let mut cores = Vec::new();
+        let mut notes = Vec::new();
+        if dp.holder.is_none() {
+            notes.push("no process has registered: nothing publishes yet".to_owned());
+        }
+        match &dp.stats {
+            None => notes.push(
+                dp.stats_note
+                    .clone()
+                    .unwrap_or_else(|| "no stats page".to_owned()),
+            ),
+            Some(page) => match page.check_header() {
+                Err(err) => notes.push(err.to_string()),
+                Ok(()) => {
+                    for (i, &cpu) in allocation.cpus.iter().enumerate() {
+                        match page.read(i) {
+                            Ok(s) => cores.push(CoreStatsView::new(i as u16, cpu, &s, now)),
+                            Err(err) => notes.push(err.to_string()),
+                        }
+                    }
+                }
+            },
+        }
         Ok(StatsReply {
             dataplane: self.info(allocation),
             allocation: allocation.clone(),
+            cores,
+            note: (!notes.is_empty()).then(|| notes.join("; ")),
+            read_ns: now,
         })
     }
 
@@ -706,7 +959,7 @@ impl Daemon {
                 format!(
                     "{name} is running (pid {}): resizing a running dataplane needs flow-group \
                      migration, which this ixcpd cannot do yet; stop it, resize, and start it again",
-                    holder.pid
+                    holder.id.pid
                 ),
             ));
         }
@@ -716,23 +969,25 @@ impl Daemon {
             .ok_or_else(|| not_found(name))?
             .cores();
         let after = self.resources.resize(name, n).map_err(alloc_error)?;
-        if after.cores() > before {
-            match self.make_pools(&after, before) {
-                Ok((mut pools, _)) => {
-                    let dp = self.dataplanes.get_mut(name).expect("checked above");
-                    dp.pools.append(&mut pools);
-                }
-                Err(err) => {
-                    self.resources
-                        .resize(name, before as u32)
-                        .expect("shrinking back to what was held always fits");
-                    return Err(err);
-                }
-            }
+        let made = if after.cores() > before {
+            self.make_pools(&after, before).map(|(pools, _)| pools)
         } else {
-            let dp = self.dataplanes.get_mut(name).expect("checked above");
-            dp.pools.truncate(after.cores());
-        }
+            Ok(Vec::new())
+        };
+        let made = made.and_then(|pools| Ok((pools, make_stats(&after)?)));
+        let (mut pools, page) = match made {
+            Ok(made) => made,
+            Err(err) => {
+                self.resources
+                    .resize(name, before as u32)
+                    .expect("going back to what was held always fits");
+                return Err(err);
+            }
+        };
+        let dp = self.dataplanes.get_mut(name).expect("checked above");
+        dp.pools.truncate(after.cores());
+        dp.pools.append(&mut pools);
+        dp.stats = Some(page);
         self.log(
             name,
             format!(
@@ -781,20 +1036,21 @@ impl Daemon {
         if let Some(holder) = &dp.holder {
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,
-                format!("{name} is already registered by pid {}", holder.pid),
+                format!("{name} is already registered by pid {}", holder.id.pid),
             ));
         }
-        let fds = dp
+        let dup_err = |err: std::io::Error| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("cannot duplicate pool fds: {err}"),
+            )
+        };
+        let mut fds = dp
             .pools
             .iter()
             .map(OwnedFd::try_clone)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| {
-                ApiError::new(
-                    ErrorCode::Internal,
-                    format!("cannot duplicate pool fds: {err}"),
-                )
-            })?;
+            .map_err(dup_err)?;
         let pools = (0..allocation.cores())
             .map(|i| PoolFd {
                 queue: i as u16,
@@ -804,11 +1060,19 @@ impl Daemon {
                 huge: dp.huge,
             })
             .collect();
-        dp.holder = Some(Holder {
-            conn: caller.conn,
-            pid: caller.cred.pid,
-            stopping: None,
-        });
+        let stats = match &dp.stats {
+            Some(page) => {
+                fds.push(page.fd().try_clone_to_owned().map_err(dup_err)?);
+                Some(StatsFd {
+                    fd: allocation.cores() as u32,
+                    bytes: stats::page_len(page.cores()) as u64,
+                    cores: page.cores() as u32,
+                    version: stats::VERSION,
+                })
+            }
+            None => None,
+        };
+        dp.holder = Some(Holder::new(Some(caller.conn), caller.cred.pid));
         let launched = dp.launched;
         self.log(
             name,
@@ -839,9 +1103,102 @@ impl Daemon {
                 allocation,
                 port,
                 pools,
+                stats,
             },
             fds,
         ))
+    }
+
+    /// `reattach`: the process that registered `name` gives a restarted
+    /// daemon its lifeline back (and its stats page, in `fds`).
+    fn reattach(
+        &mut self,
+        caller: &Caller,
+        name: &str,
+        pid: u32,
+        fds: Vec<OwnedFd>,
+    ) -> Result<ReattachReply, ApiError> {
+        self.may_manage(caller, name, "reattach as")?;
+        if pid != caller.cred.pid {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "reattach: pid {pid} is not the caller (the socket says pid {})",
+                    caller.cred.pid
+                ),
+            ));
+        }
+        let cores = self
+            .resources
+            .get(name)
+            .ok_or_else(|| not_found(name))?
+            .cores();
+        let dp = self
+            .dataplanes
+            .get_mut(name)
+            .ok_or_else(|| not_found(name))?;
+        let Some(holder) = dp.holder.as_mut() else {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("{name} is not registered: `register` claims an allocation, `reattach` restores a registered dataplane's lifeline"),
+            ));
+        };
+        if holder.id.pid != pid {
+            return Err(ApiError::new(
+                ErrorCode::PermissionDenied,
+                format!("{name} is registered by pid {}, not {pid}", holder.id.pid),
+            ));
+        }
+        let now_id = ProcessId::of(pid);
+        if holder.id.start == 0 || now_id != Some(holder.id) {
+            return Err(ApiError::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "pid {pid} is not the process that registered {name} (it started at another \
+                     time: the pid was reused)"
+                ),
+            ));
+        }
+        if holder.conn.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("{name}'s lifeline is open: pid {pid} is attached already"),
+            ));
+        }
+        holder.conn = Some(caller.conn);
+        if holder.watch.is_none() {
+            holder.watch = Some(Watch::new(holder.id));
+        }
+        let stats = match fds.into_iter().next() {
+            Some(fd) => match StatsPage::open(fd, cores, false) {
+                Ok(page) => {
+                    dp.stats = Some(page);
+                    dp.stats_note = None;
+                    true
+                }
+                Err(err) => {
+                    dp.stats_note = Some(format!("the stats page sent with reattach: {err}"));
+                    false
+                }
+            },
+            None => {
+                dp.stats_note = Some("reattached without its stats page".to_owned());
+                false
+            }
+        };
+        let note = dp.stats_note.clone();
+        self.log(
+            name,
+            format!(
+                "reattached by pid {pid}: lifeline restored{}",
+                note.map(|n| format!(" ({n})")).unwrap_or_default()
+            ),
+        );
+        let allocation = self.resources.get(name).expect("checked above");
+        Ok(ReattachReply {
+            dataplane: self.info(allocation),
+            stats,
+        })
     }
 
     /// A connection closed: a dataplane whose lifeline it was is gone, and
@@ -853,39 +1210,53 @@ impl Daemon {
             .filter_map(|(name, dp)| {
                 dp.holder
                     .as_ref()
-                    .filter(|h| h.conn == conn)
-                    .map(|h| (name.clone(), h.pid))
+                    .filter(|h| h.conn == Some(conn))
+                    .map(|h| (name.clone(), h.id.pid))
             })
             .collect();
         for (name, pid) in gone {
             self.release(&name, &format!("pid {pid} exited (lifeline closed)"));
         }
+        self.persist();
     }
 
-    /// Collects launched programs' output and exits, fails launches that
-    /// did not register in time, and escalates stops that take too long:
-    /// SIGKILL after [`STOP_GRACE`], release after [`STOP_GIVE_UP`].
+    /// Collects launched programs' output and exits, notices registered
+    /// processes that exited without their lifeline closing, fails
+    /// launches that did not register in time, and escalates stops that
+    /// take too long: SIGKILL after [`STOP_GRACE`], release after
+    /// [`STOP_GIVE_UP`]. The server calls it on every turn of its loop,
+    /// after serving the connections (so that a lifeline's close is seen
+    /// as such before the pidfd of the same exit).
     pub fn tick(&mut self, now: Instant) {
+        if let Some(watch) = &self.log_watch {
+            sys::drain(watch.as_fd());
+        }
         self.service_children(now);
+        self.service_holders(now);
         let mut kill = Vec::new();
         let mut give_up = Vec::new();
         for (name, dp) in &mut self.dataplanes {
             let Some(holder) = dp.holder.as_mut() else {
                 continue;
             };
+            let pid = holder.id.pid;
             let Some(stopping) = holder.stopping.as_mut() else {
                 continue;
             };
             let waited = now.saturating_duration_since(stopping.since);
             if waited >= STOP_GIVE_UP {
-                give_up.push((name.clone(), holder.pid));
+                give_up.push((name.clone(), pid));
             } else if waited >= STOP_GRACE && !stopping.killed {
                 stopping.killed = true;
-                kill.push((name.clone(), holder.pid));
+                kill.push(name.clone());
             }
         }
-        for (name, pid) in kill {
-            let text = match sys::kill(pid, libc::SIGKILL) {
+        for name in kill {
+            let Some(holder) = self.dataplanes.get(&name).and_then(|d| d.holder.as_ref()) else {
+                continue;
+            };
+            let pid = holder.id.pid;
+            let text = match holder.signal(libc::SIGKILL) {
                 Ok(()) => {
                     format!("pid {pid} still running {STOP_GRACE:?} after SIGTERM: sent SIGKILL")
                 }
@@ -899,10 +1270,12 @@ impl Daemon {
                 &format!("lifeline of pid {pid} still open {STOP_GIVE_UP:?} after SIGTERM; releasing anyway"),
             );
         }
+        self.persist();
     }
 
-    /// When [`Daemon::tick`] next has something to do. Output of launched
-    /// programs is not a deadline: poll [`Daemon::child_fds`] for it.
+    /// When [`Daemon::tick`] next has something to do. Exits and output
+    /// are not deadlines: poll [`Daemon::wake_fds`] for them (processes
+    /// without a pidfd are looked at every [`PROC_POLL`]).
     pub fn next_deadline(&self) -> Option<Instant> {
         let stops = self
             .dataplanes
@@ -919,13 +1292,216 @@ impl Daemon {
             .children
             .values()
             .filter_map(|l| l.waiter.as_ref().map(|w| w.deadline));
-        let exiting = self
-            .children
+        let blind = self.children.values().any(|l| l.child.fd().is_none())
+            || self.dataplanes.values().any(|dp| {
+                dp.holder
+                    .as_ref()
+                    .and_then(|h| h.watch.as_ref())
+                    .is_some_and(|w| w.fd().is_none())
+            });
+        let polling = blind.then(|| Instant::now() + PROC_POLL);
+        let graces = self
+            .dataplanes
             .values()
-            .any(|l| l.child.output_closed())
-            .then(|| Instant::now() + REAP_INTERVAL);
-        stops.chain(launches).chain(exiting).min()
+            .filter_map(|dp| dp.holder.as_ref()?.exited_at)
+            .map(|t| t + LIFELINE_GRACE);
+        stops.chain(launches).chain(polling).chain(graces).min()
     }
+
+    /// The books as the state file holds them.
+    fn books(&self) -> Saved {
+        Saved {
+            version: STATE_VERSION,
+            boot_id: self.boot_id.clone(),
+            ixcpd_pid: std::process::id(),
+            dataplanes: self
+                .resources
+                .allocations()
+                .filter_map(|a| {
+                    let dp = self.dataplanes.get(&a.name)?;
+                    Some(SavedDataplane {
+                        allocation: a.clone(),
+                        owner_uid: dp.owner_uid,
+                        since_unix_ms: dp.since_unix_ms,
+                        huge: dp.huge,
+                        holder: dp.holder.as_ref().map(|h| h.id),
+                        launched: dp
+                            .launched
+                            .and_then(|pid| self.children.get(&pid))
+                            .map(|l| l.child.id()),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes the books to the state file if they changed since the last
+    /// write. A failed write is logged and tried again at the next change.
+    fn persist(&mut self) {
+        let bytes = state::encode(&self.books());
+        if bytes == self.saved {
+            return;
+        }
+        match state::save(&self.files.state, &bytes) {
+            Ok(()) => self.saved = bytes,
+            Err(err) => log::error!(
+                "cannot write the state file {:?}: {err}; an ixcpd started after this one would \
+                 not know the dataplanes changed since",
+                self.files.state
+            ),
+        }
+    }
+
+    /// Removes the state file and the output directory when no dataplane
+    /// is left (a clean shutdown); with dataplanes running they stay, for
+    /// the next ixcpd.
+    pub fn tidy_up_if_idle(&mut self) {
+        if !self.dataplanes.is_empty() {
+            return;
+        }
+        for result in [
+            std::fs::remove_file(&self.files.state),
+            std::fs::remove_dir(&self.files.logs),
+        ] {
+            if let Err(err) = result {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    log::debug!("tidying up: {err}");
+                }
+            }
+        }
+    }
+
+    /// Takes the books an earlier daemon wrote back (see the module docs).
+    fn restore(&mut self, saved: Saved) -> Result<(), StateError> {
+        let same_boot = !saved.boot_id.is_empty() && saved.boot_id == self.boot_id;
+        if !same_boot {
+            log::warn!(
+                "state file {:?} is from another boot: no process it lists can still run",
+                self.files.state
+            );
+        }
+        let alive = |p: Option<ProcessId>| p.filter(|p| same_boot && p.is_running());
+        for entry in saved.dataplanes {
+            let name = entry.allocation.name.clone();
+            let holder = alive(entry.holder);
+            let launched = alive(entry.launched);
+            let logs = LogFiles::of(&self.files.logs, &name);
+            if let Some(gone) = entry.launched.filter(|_| launched.is_none()) {
+                // Whatever it wrote until it exited.
+                let mut child = LaunchedChild::adopt(gone, logs.clone());
+                for (stream, line) in child.read_last_output() {
+                    self.log(&name, tagged(stream, &line));
+                }
+                child.remove_logs();
+            }
+            let held = |a: &Allocation| {
+                format!(
+                    "cpus {:?}, port {}, {}",
+                    a.cpus,
+                    a.port,
+                    Bytes(a.memory_bytes())
+                )
+            };
+            let gone_pid = match (entry.holder, holder, entry.launched, launched) {
+                (Some(h), None, _, _) => Some(h.pid),
+                (None, _, Some(l), None) => Some(l.pid),
+                _ => None,
+            };
+            if let Some(pid) = gone_pid {
+                self.log(
+                    &name,
+                    format!(
+                        "pid {pid} exited while no ixcpd ran: released {}",
+                        held(&entry.allocation)
+                    ),
+                );
+                continue;
+            }
+            if let Err(err) = self.resources.adopt(&entry.allocation) {
+                if let Some(h) = holder {
+                    return Err(StateError::Conflict {
+                        path: self.files.state.clone(),
+                        name,
+                        pid: h.pid,
+                        reason: err.to_string(),
+                    });
+                }
+                self.log(&name, format!("not restored after a restart: {err}"));
+                continue;
+            }
+            let (pools, stats, stats_note, huge) = if holder.is_some() {
+                let note = "ixcpd restarted: the stats page returns when the dataplane reattaches";
+                (Vec::new(), None, Some(note.to_owned()), entry.huge)
+            } else {
+                let made = self
+                    .make_pools(&entry.allocation, 0)
+                    .and_then(|(p, h)| Ok((p, Some(make_stats(&entry.allocation)?), None, h)));
+                match made {
+                    Ok(made) => made,
+                    Err(err) => {
+                        self.resources
+                            .release(&name)
+                            .expect("the allocation just adopted exists");
+                        self.log(&name, format!("not restored after a restart: {err}"));
+                        continue;
+                    }
+                }
+            };
+            self.dataplanes.insert(
+                name.clone(),
+                Dataplane {
+                    pools,
+                    stats,
+                    stats_note,
+                    huge,
+                    owner_uid: entry.owner_uid,
+                    since_unix_ms: entry.since_unix_ms,
+                    holder: holder.map(|id| Holder {
+                        conn: None,
+                        id,
+                        watch: Some(Watch::new(id)),
+                        exited_at: None,
+                        stopping: None,
+                    }),
+                    launched: launched.map(|l| l.pid),
+                },
+            );
+            if let Some(l) = launched {
+                self.children.insert(
+                    l.pid,
+                    Launch {
+                        name: name.clone(),
+                        child: LaunchedChild::adopt(l, logs),
+                        waiter: None,
+                    },
+                );
+            }
+            let what = match holder {
+                Some(h) => format!(
+                    "re-adopted after an ixcpd restart: pid {} runs on {}; waiting for it to reattach",
+                    h.pid,
+                    held(&entry.allocation)
+                ),
+                None => format!(
+                    "allocation restored after an ixcpd restart ({}; nothing registered)",
+                    held(&entry.allocation)
+                ),
+            };
+            self.log(&name, what);
+        }
+        debug_assert_eq!(self.resources.check_invariants(), Ok(()));
+        Ok(())
+    }
+}
+
+/// A fresh stats page for `allocation`'s cores.
+fn make_stats(allocation: &Allocation) -> Result<StatsPage, ApiError> {
+    StatsPage::create(&format!("ix-{}-stats", allocation.name), allocation.cores()).map_err(|err| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("cannot create the stats page of {}: {err}", allocation.name),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -934,18 +1510,59 @@ mod tests {
     use crate::host::Host;
     use crate::units::{CpuList, MIB};
     use std::fs::File;
+    use std::ops::{Deref, DerefMut};
 
-    fn daemon(memory: &str) -> Daemon {
+    /// A daemon whose files (socket path, state, output) are in a
+    /// temporary directory removed after it.
+    #[derive(Debug)]
+    struct TestDaemon {
+        daemon: Daemon,
+        dir: tempfile::TempDir,
+    }
+
+    impl Deref for TestDaemon {
+        type Target = Daemon;
+        fn deref(&self) -> &Daemon {
+            &self.daemon
+        }
+    }
+
+    impl DerefMut for TestDaemon {
+        fn deref_mut(&mut self) -> &mut Daemon {
+            &mut self.daemon
+        }
+    }
+
+    fn config_in(dir: &Path, memory: &str) -> Config {
         let host = Host {
             cpus: CpuList(vec![0, 1]),
             hugepage_size: 2 * MIB,
             hugepages_free: 0,
         };
         let text = format!(
-            "memory = \"{memory}\"\n[[ports]]\nname = \"wire0\"\nkind = \"memif\"\n\
-             socket = \"/tmp/ix-daemon-test.sock\"\nrole = \"master\"\nqueues = 2\nip = \"10.0.0.1/24\"\n"
+            "memory = \"{memory}\"\n[api]\nsocket = {:?}\n[[ports]]\nname = \"wire0\"\nkind = \"memif\"\n\
+             socket = \"/tmp/ix-daemon-test.sock\"\nrole = \"master\"\nqueues = 2\nip = \"10.0.0.1/24\"\n",
+            dir.join("ixcpd.sock")
         );
-        Daemon::new(Config::from_toml(&text, &host).unwrap())
+        Config::from_toml(&text, &host).unwrap()
+    }
+
+    fn daemon(memory: &str) -> TestDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Daemon::new(config_in(dir.path(), memory)).unwrap();
+        TestDaemon { daemon, dir }
+    }
+
+    impl TestDaemon {
+        /// Ends this daemon as a crash would (its state file stays) and
+        /// starts another on the same files.
+        fn restart(self) -> Result<TestDaemon, StateError> {
+            let TestDaemon { daemon, dir } = self;
+            let memory = daemon.config.memory.budget;
+            drop(daemon);
+            let daemon = Daemon::new(config_in(dir.path(), &format!("{memory} B")))?;
+            Ok(TestDaemon { daemon, dir })
+        }
     }
 
     fn caller(conn: u64, uid: u32) -> Caller {
@@ -1037,11 +1654,13 @@ mod tests {
                 now,
             )
             .expect("answered at once");
-        assert_eq!(answer.fds.len(), 2);
+        assert_eq!(answer.fds.len(), 3, "two pools and the stats page");
         let Reply::Registered(reg) = answer.outcome.unwrap() else {
             panic!()
         };
         assert_eq!(reg.pools.len(), 2);
+        let page = reg.stats.expect("a stats page");
+        assert_eq!((page.fd, page.cores, page.version), (2, 2, stats::VERSION));
         assert_eq!(reg.port.name, "wire0");
         let again = err(d.handle(
             &caller(3, 0),
@@ -1337,7 +1956,7 @@ mod tests {
                 t0 + Duration::from_millis(30),
             )
             .expect("answered at once");
-        assert_eq!(registered.fds.len(), 1);
+        assert_eq!(registered.fds.len(), 2);
         let (conn, answer) = d.take_finished().pop().expect("launch answered");
         assert_eq!(conn, ConnId(7));
         let Ok(Reply::Launched(l)) = answer.outcome else {
@@ -1346,16 +1965,41 @@ mod tests {
         assert_eq!((l.pid, l.registered_ms), (pid, 30));
         assert_eq!(l.dataplane.state, DataplaneState::Running);
         assert_eq!(l.dataplane.pid, Some(pid));
-        // The program dies; its exit releases the dataplane even before
-        // the lifeline (held here by nobody) would.
+        // The program dies. Its lifeline would close with it; here nobody
+        // holds it, so the exit releases the dataplane after the grace.
         d.children.get_mut(&pid).unwrap().child.kill();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !d.children.is_empty() {
-            assert!(Instant::now() < deadline, "child not reaped");
+        while !d.children.is_empty() || d.resources.free_cores().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "child not reaped or not released"
+            );
+            if d.dataplanes
+                .values()
+                .any(|dp| dp.holder.as_ref().is_some_and(|h| h.exited_at.is_some()))
+            {
+                let inotify = usize::from(d.log_watch.is_some());
+                assert_eq!(
+                    d.wake_fds().len(),
+                    inotify,
+                    "a seen exit is not polled again"
+                );
+                assert!(d.next_deadline().is_some(), "its grace is a deadline");
+            }
             std::thread::sleep(Duration::from_millis(5));
             d.tick(Instant::now());
         }
-        assert_eq!(d.resources.free_cores().len(), 2);
+        let texts = log_texts(&mut d, "echo");
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.ends_with("exited (killed by signal 9)")),
+            "{texts:?}"
+        );
+        assert!(
+            texts.last().unwrap().contains("its lifeline is still open"),
+            "{texts:?}"
+        );
         d.disconnected(ConnId(8));
         assert_eq!(d.resources.free_cores().len(), 2);
     }
@@ -1429,10 +2073,14 @@ mod tests {
             );
             return;
         }
-        let text = "memory = \"8 MiB\"\nhugepages = \"on\"\n[[ports]]\nname = \"wire0\"\n\
-                    kind = \"memif\"\nsocket = \"/tmp/ix-huge-test.sock\"\nrole = \"master\"\n\
-                    queues = 8\nip = \"10.0.0.1/24\"\n";
-        let mut d = Daemon::new(Config::from_toml(text, &host).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "memory = \"8 MiB\"\nhugepages = \"on\"\n[api]\nsocket = {:?}\n[[ports]]\n\
+             name = \"wire0\"\nkind = \"memif\"\nsocket = \"/tmp/ix-huge-test.sock\"\n\
+             role = \"master\"\nqueues = 8\nip = \"10.0.0.1/24\"\n",
+            dir.path().join("ixcpd.sock")
+        );
+        let mut d = Daemon::new(Config::from_toml(&text, &host).unwrap()).unwrap();
         let now = Instant::now();
         let Reply::Allocated(a) = ok(d.handle(&caller(1, 0), alloc("huge", 1), now)) else {
             panic!()
@@ -1504,5 +2152,481 @@ mod tests {
             "a full log fits one frame: {}",
             bytes.len()
         );
+    }
+
+    fn register_as(d: &mut Daemon, conn: u64, name: &str) -> (Registration, Vec<OwnedFd>) {
+        let answer = d
+            .handle(
+                &caller(conn, 0),
+                Request::Register { name: name.into() },
+                Instant::now(),
+            )
+            .expect("answered at once");
+        let Ok(Reply::Registered(reg)) = answer.outcome else {
+            panic!("{:?}", answer.outcome)
+        };
+        (reg, answer.fds)
+    }
+
+    fn stats_of(d: &mut Daemon, name: &str) -> StatsReply {
+        let Reply::Stats(s) = ok(d.handle(
+            &caller(1, 0),
+            Request::Stats { name: name.into() },
+            Instant::now(),
+        )) else {
+            panic!()
+        };
+        s
+    }
+
+    fn log_texts(d: &mut Daemon, name: &str) -> Vec<String> {
+        let Reply::Logs(logs) = ok(d.handle(
+            &caller(1, 0),
+            Request::Logs {
+                name: name.into(),
+                lines: None,
+            },
+            Instant::now(),
+        )) else {
+            panic!()
+        };
+        logs.lines.into_iter().map(|l| l.text).collect()
+    }
+
+    fn reattach(d: &mut Daemon, conn: u64, name: &str, fds: Vec<OwnedFd>) -> Answer {
+        d.handle_with_fds(
+            &caller(conn, 0),
+            Request::Reattach {
+                name: name.into(),
+                pid: std::process::id(),
+            },
+            fds,
+            Instant::now(),
+        )
+        .expect("answered at once")
+    }
+
+    #[test]
+    fn stats_reads_what_each_core_published_and_reports_a_broken_page() {
+        let mut d = daemon("64 MiB");
+        ok(d.handle(&caller(1, 0), alloc("echo", 2), Instant::now()));
+        let before = stats_of(&mut d, "echo");
+        assert_eq!(before.cores.len(), 2);
+        assert!(before.note.unwrap().contains("nothing publishes yet"));
+        assert_eq!(before.cores[0].age_ms, None);
+        let (reg, mut fds) = register_as(&mut d, 2, "echo");
+        // The dataplane's side: map the page and publish on core 1.
+        let info = reg.stats.unwrap();
+        let page = StatsPage::open(fds.remove(info.fd as usize), 2, true).unwrap();
+        let published = stats::CoreStats {
+            heartbeat_ns: dataplane::time::Instant::now().as_nanos(),
+            publishes: 3,
+            rx_packets: 1234,
+            avg_batch_milli: 1500,
+            ..stats::CoreStats::default()
+        };
+        page.writer(1).unwrap().publish(&published);
+        let s = stats_of(&mut d, "echo");
+        assert_eq!(s.note, None);
+        assert_eq!((s.cores[1].core, s.cores[1].cpu), (1, 1));
+        assert_eq!(s.cores[1].rx_packets, 1234);
+        assert_eq!(s.cores[1].avg_batch_milli, 1500);
+        assert!(s.cores[1].age_ms.is_some_and(|a| a < 1000));
+        assert!(s.read_ns >= published.heartbeat_ns);
+        assert_eq!(s.cores[0].publishes, 0);
+        // A dataplane that scribbles over the header gets a note, not an
+        // error, and the daemon goes on.
+        let header = StatsPage::open(page.fd().try_clone_to_owned().unwrap(), 2, true).unwrap();
+        drop(header);
+        let raw = File::from(page.fd().try_clone_to_owned().unwrap());
+        std::os::unix::fs::FileExt::write_at(&raw, &[0xff; 8], 0).unwrap();
+        let s = stats_of(&mut d, "echo");
+        assert!(s.cores.is_empty());
+        assert!(s.note.unwrap().contains("magic"), "names the field");
+        ok(d.handle(&caller(1, 0), Request::Status, Instant::now()));
+    }
+
+    #[test]
+    fn the_state_file_follows_every_change() {
+        let mut d = daemon("64 MiB");
+        let path = d.files().state.clone();
+        assert!(!path.exists(), "nothing to write yet");
+        ok(d.handle(&caller(1, 0), alloc("echo", 1), Instant::now()));
+        let saved = state::load(&path).unwrap().unwrap();
+        assert_eq!(saved.dataplanes.len(), 1);
+        assert_eq!(saved.dataplanes[0].holder, None);
+        register_as(&mut d, 2, "echo");
+        let saved = state::load(&path).unwrap().unwrap();
+        let me = ProcessId::of(std::process::id()).unwrap();
+        assert_eq!(saved.dataplanes[0].holder, Some(me));
+        d.disconnected(ConnId(2));
+        assert!(state::load(&path).unwrap().unwrap().dataplanes.is_empty());
+        d.tidy_up_if_idle();
+        assert!(!path.exists());
+    }
+
+    fn alloc_on(name: &str, port: &str) -> Request {
+        Request::Allocate(AllocateArgs {
+            name: name.into(),
+            cores: 1,
+            port: port.into(),
+            buffers_per_core: Some(512),
+            memory: None,
+        })
+    }
+
+    #[test]
+    fn a_restart_readopts_running_dataplanes_and_restores_allocations() {
+        let mut d = two_port_daemon();
+        ok(d.handle(&caller(1, 1000), alloc_on("echo", "a"), Instant::now()));
+        ok(d.handle(&caller(1, 0), alloc_on("idle", "b"), Instant::now()));
+        let (_, fds) = register_as(&mut d, 2, "echo");
+        let page = fds.last().unwrap().try_clone().unwrap();
+        let used = d.resources().view().memory.used;
+        // ixcpd dies; the dataplane (this process) runs on.
+        let mut d = restart_with_ports(d).unwrap();
+        let Reply::Status(s) = ok(d.handle(&caller(1, 0), Request::Status, Instant::now())) else {
+            panic!()
+        };
+        let echo = s.dataplanes.iter().find(|x| x.name == "echo").unwrap();
+        assert_eq!(echo.state, DataplaneState::Running);
+        assert_eq!(echo.pid, Some(std::process::id()));
+        assert!(!echo.lifeline, "not reattached yet");
+        let idle = s.dataplanes.iter().find(|x| x.name == "idle").unwrap();
+        assert_eq!(idle.state, DataplaneState::Allocated);
+        assert_eq!(d.resources().view().memory.used, used);
+        assert!(d.resources().free_cores().is_empty());
+        assert!(log_texts(&mut d, "echo")[0].starts_with("re-adopted after an ixcpd restart"));
+        assert!(stats_of(&mut d, "echo")
+            .note
+            .unwrap()
+            .contains("returns when the dataplane reattaches"));
+        // The restored allocation got fresh pools to hand out.
+        let (reg, fds) = register_as(&mut d, 3, "idle");
+        assert_eq!(fds.len(), reg.pools.len() + 1);
+        // The owner (uid 1000) may not be impersonated by another uid.
+        let e = err(d.handle_with_fds(
+            &caller(9, 1001),
+            Request::Reattach {
+                name: "echo".into(),
+                pid: std::process::id(),
+            },
+            Vec::new(),
+            Instant::now(),
+        ));
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        // The process reattaches with its page: the new lifeline counts.
+        let answer = reattach(&mut d, 4, "echo", vec![page]);
+        let Ok(Reply::Reattached(r)) = answer.outcome else {
+            panic!("{:?}", answer.outcome)
+        };
+        assert!(r.stats && r.dataplane.lifeline);
+        assert_eq!(stats_of(&mut d, "echo").note, None);
+        let again = reattach(&mut d, 5, "echo", Vec::new()).outcome.unwrap_err();
+        assert_eq!(again.code, ErrorCode::AlreadyExists);
+        d.disconnected(ConnId(4));
+        assert_eq!(d.resources().free_cores(), [0]);
+        assert!(log_texts(&mut d, "echo")
+            .last()
+            .unwrap()
+            .contains("lifeline closed"));
+    }
+
+    #[test]
+    fn reattach_is_refused_to_other_processes_and_unregistered_names() {
+        let mut d = daemon("64 MiB");
+        ok(d.handle(&caller(1, 0), alloc("echo", 1), Instant::now()));
+        let e = reattach(&mut d, 2, "echo", Vec::new()).outcome.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(e.message.contains("is not registered"), "{e}");
+        let e = reattach(&mut d, 2, "nope", Vec::new()).outcome.unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        let e = err(d.handle(
+            &caller(2, 0),
+            Request::Reattach {
+                name: "echo".into(),
+                pid: 1,
+            },
+            Instant::now(),
+        ));
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(e.message.contains("pid 1 is not the caller"), "{e}");
+        register_as(&mut d, 3, "echo");
+        let e = reattach(&mut d, 4, "echo", Vec::new()).outcome.unwrap_err();
+        assert_eq!(e.code, ErrorCode::AlreadyExists, "the lifeline is open");
+        // A pid that is not the registrant's.
+        let mut d = d.restart().unwrap();
+        assert!(d.dataplanes["echo"].holder.is_some());
+        let other = Caller {
+            conn: ConnId(5),
+            cred: PeerCred {
+                pid: 1,
+                uid: 0,
+                gid: 0,
+            },
+        };
+        let e = err(d.handle(
+            &other,
+            Request::Reattach {
+                name: "echo".into(),
+                pid: 1,
+            },
+            Instant::now(),
+        ));
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        assert!(e.message.contains("registered by pid"), "{e}");
+        // A page that is not one: the lifeline is restored all the same.
+        let file = File::open("/proc/self/stat").unwrap();
+        let answer = reattach(&mut d, 6, "echo", vec![OwnedFd::from(file)]);
+        let Ok(Reply::Reattached(r)) = answer.outcome else {
+            panic!("{:?}", answer.outcome)
+        };
+        assert!(!r.stats && r.dataplane.lifeline);
+        let note = stats_of(&mut d, "echo").note.unwrap();
+        assert!(note.contains("the stats page sent with reattach"), "{note}");
+    }
+
+    /// Writes a state file as an earlier daemon would have.
+    fn write_state(d: &TestDaemon, entries: Vec<SavedDataplane>, boot_id: String) {
+        let saved = Saved {
+            version: STATE_VERSION,
+            boot_id,
+            ixcpd_pid: 1,
+            dataplanes: entries,
+        };
+        state::save(&d.files().state, &state::encode(&saved)).unwrap();
+    }
+
+    fn entry(name: &str, cpu: u32, port: &str, holder: Option<ProcessId>) -> SavedDataplane {
+        SavedDataplane {
+            allocation: Allocation {
+                name: name.into(),
+                port: port.into(),
+                cpus: vec![cpu],
+                buffers_per_core: 512,
+                pool_bytes: round_up_page(512 * 2176),
+                page_size: 4096,
+                huge: false,
+                reta: vec![0; crate::resources::FLOW_GROUPS],
+            },
+            owner_uid: 0,
+            since_unix_ms: 1,
+            huge: false,
+            holder,
+            launched: None,
+        }
+    }
+
+    fn round_up_page(n: u64) -> u64 {
+        n.div_ceil(4096) * 4096
+    }
+
+    /// A config with two ports, for two dataplanes.
+    fn two_port_daemon() -> TestDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host {
+            cpus: CpuList(vec![0, 1]),
+            hugepage_size: 2 * MIB,
+            hugepages_free: 0,
+        };
+        let text = format!(
+            "memory = \"64 MiB\"\n[api]\nsocket = {:?}\n\
+             [[ports]]\nname = \"a\"\nkind = \"memif\"\nsocket = \"/tmp/ix-a.sock\"\n\
+             role = \"master\"\nqueues = 1\nip = \"10.0.0.1/24\"\n\
+             [[ports]]\nname = \"b\"\nkind = \"memif\"\nsocket = \"/tmp/ix-b.sock\"\n\
+             role = \"master\"\nqueues = 1\nip = \"10.0.1.1/24\"\n",
+            dir.path().join("ixcpd.sock")
+        );
+        let config = Config::from_toml(&text, &host).unwrap();
+        TestDaemon {
+            daemon: Daemon::new(config.clone()).unwrap(),
+            dir,
+        }
+    }
+
+    fn restart_with_ports(d: TestDaemon) -> Result<TestDaemon, StateError> {
+        let config = d.daemon.config.clone();
+        let TestDaemon { daemon, dir } = d;
+        drop(daemon);
+        Ok(TestDaemon {
+            daemon: Daemon::new(config)?,
+            dir,
+        })
+    }
+
+    #[test]
+    fn loading_releases_dead_and_reused_pids_and_keeps_the_living() {
+        let d = two_port_daemon();
+        let me = ProcessId::of(std::process::id()).unwrap();
+        let mut dead = std::process::Command::new("/bin/true").spawn().unwrap();
+        let dead_id = ProcessId::of(dead.id()).unwrap();
+        dead.wait().unwrap();
+        let reused = ProcessId {
+            start: me.start.wrapping_sub(1),
+            ..me
+        };
+        write_state(
+            &d,
+            vec![
+                entry("alive", 0, "a", Some(me)),
+                entry("dead", 1, "b", Some(dead_id)),
+            ],
+            process::boot_id(),
+        );
+        let mut d = restart_with_ports(d).unwrap();
+        assert_eq!(d.resources().free_cores(), [1]);
+        assert!(d.dataplanes["alive"].holder.is_some());
+        assert!(!d.dataplanes.contains_key("dead"));
+        let texts = log_texts(&mut d, "dead");
+        assert!(
+            texts[0].contains("exited while no ixcpd ran: released cpus [1]"),
+            "{texts:?}"
+        );
+        // The state file now says what was kept.
+        let saved = state::load(&d.files().state).unwrap().unwrap();
+        assert_eq!(saved.dataplanes.len(), 1);
+        // The same pid with another start time is another process.
+        write_state(
+            &d,
+            vec![entry("alive", 0, "a", Some(reused))],
+            process::boot_id(),
+        );
+        let d = restart_with_ports(d).unwrap();
+        assert!(d.dataplanes.is_empty() && d.resources().free_cores().len() == 2);
+        // So is every process of another boot.
+        write_state(
+            &d,
+            vec![entry("alive", 0, "a", Some(me))],
+            "another-boot".into(),
+        );
+        let d = restart_with_ports(d).unwrap();
+        assert!(d.dataplanes.is_empty());
+    }
+
+    #[test]
+    fn a_readopted_dataplane_that_dies_before_reattaching_is_released_by_its_pidfd() {
+        let d = two_port_daemon();
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let id = ProcessId::of(child.id()).unwrap();
+        write_state(
+            &d,
+            vec![entry("echo", 0, "a", Some(id))],
+            process::boot_id(),
+        );
+        let mut d = restart_with_ports(d).unwrap();
+        assert_eq!(d.wake_fds().len(), 1, "its pidfd is polled");
+        assert_eq!(d.next_deadline(), None, "no polling needed");
+        d.tick(Instant::now());
+        assert!(d.dataplanes.contains_key("echo"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        d.tick(Instant::now());
+        assert!(d.dataplanes.is_empty());
+        let texts = log_texts(&mut d, "echo");
+        assert!(
+            texts
+                .last()
+                .unwrap()
+                .contains("exited before it reattached (seen by its pidfd)"),
+            "{texts:?}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_or_conflicting_state_file_stops_the_start_with_what_to_do() {
+        let d = two_port_daemon();
+        let path = d.files().state.clone();
+        std::fs::write(&path, b"{\"version\":1,\"dataplanes\":[{\"allocation\"").unwrap();
+        let err = Daemon::new(d.config().clone()).unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("move the file away"), "{err}");
+        assert!(path.exists(), "left for the operator");
+        // A running dataplane on a CPU the config no longer lists.
+        let d = two_port_daemon();
+        let me = ProcessId::of(std::process::id()).unwrap();
+        write_state(
+            &d,
+            vec![entry("echo", 7, "a", Some(me))],
+            process::boot_id(),
+        );
+        let err = restart_with_ports(d).unwrap_err();
+        assert!(matches!(err, StateError::Conflict { .. }), "{err}");
+        assert!(
+            err.to_string().contains("dataplane echo (pid")
+                && err
+                    .to_string()
+                    .contains("cpu 7 is not one the config gives out"),
+            "{err}"
+        );
+        // Nothing running on it: dropped with a note instead.
+        let d = two_port_daemon();
+        write_state(&d, vec![entry("idle", 7, "a", None)], process::boot_id());
+        let mut d = restart_with_ports(d).unwrap();
+        assert!(d.dataplanes.is_empty());
+        assert!(log_texts(&mut d, "idle")[0].contains("not restored after a restart: cpu 7"));
+    }
+
+    #[test]
+    fn a_launched_program_outlives_a_restart_with_its_output() {
+        let mut d = daemon("64 MiB");
+        let script = "echo first; sleep 30";
+        assert!(d
+            .handle(
+                &caller(7, 0),
+                launch("echo", "/bin/sh", &["-c", script]),
+                Instant::now()
+            )
+            .is_none());
+        let pid = *d.children.keys().next().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !log_texts(&mut d, "echo")
+            .iter()
+            .any(|t| t == "stdout: first")
+        {
+            assert!(Instant::now() < deadline, "no output");
+            std::thread::sleep(Duration::from_millis(5));
+            d.tick(Instant::now());
+        }
+        let mut d = d.restart().unwrap();
+        assert_eq!(d.children.keys().copied().collect::<Vec<_>>(), [pid]);
+        d.tick(Instant::now());
+        let texts = log_texts(&mut d, "echo");
+        assert!(
+            texts.contains(&"stdout: first".to_owned()),
+            "read again from the file: {texts:?}"
+        );
+        // Not registered, so `stop` ends it at once; its exit is seen.
+        let Reply::Stopped(s) = ok(d.handle(
+            &caller(1, 0),
+            Request::Stop {
+                name: "echo".into(),
+            },
+            Instant::now(),
+        )) else {
+            panic!()
+        };
+        assert!(s.released);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !d.children.is_empty() {
+            assert!(Instant::now() < deadline, "exit not seen");
+            std::thread::sleep(Duration::from_millis(5));
+            d.tick(Instant::now());
+        }
+        assert!(log_texts(&mut d, "echo")
+            .iter()
+            .any(|t| t.contains("status unknown: an earlier ixcpd started it")));
+        assert_eq!(
+            std::fs::read_dir(&d.files().logs).unwrap().count(),
+            0,
+            "files removed"
+        );
+        // The sh process was the first daemon's child: reap it here.
+        assert!(crate::sys::child::exited_within(
+            pid,
+            Duration::from_secs(1)
+        ));
     }
 }

@@ -13,14 +13,19 @@
 //!   not at all, and a refusal says what is short.
 //! - [`proto`]: the API's messages and their encoding.
 //! - [`daemon`]: requests in, replies out: allocations, their buffer-pool
-//!   memfds, registration of dataplane processes, launching programs as
-//!   dataplanes, per-dataplane logs.
+//!   memfds and stats pages, registration of dataplane processes,
+//!   launching programs as dataplanes, per-dataplane logs, re-adoption
+//!   after a restart.
 //! - [`launch`]: a program ixcpd started: its environment, identity,
-//!   captured output and exit.
+//!   output (in files that outlive ixcpd) and exit.
+//! - [`process`]: processes named by pid *and* start time, watched
+//!   through pidfds.
+//! - [`state`]: the books on disk (`<socket>.state`), written atomically
+//!   on every change, read back by a restarted ixcpd.
 //! - [`server`]: the Unix socket, peer-credential checks and the
 //!   single-threaded `poll` loop; [`client`]: the blocking client.
 //! - [`sys`]: the only `unsafe` code: seqpacket sockets with `SCM_RIGHTS`,
-//!   `SO_PEERCRED`, memfd, signalfd, poll.
+//!   `SO_PEERCRED`, memfd, signalfd, poll, pidfd, inotify.
 //!
 //! # Allocation model
 //!
@@ -30,9 +35,11 @@
 //! has one IP and MAC, so it serves one dataplane) and its queues `0..n`,
 //! core `i` serving queue `i`; the port's 128 flow groups (its RSS
 //! redirection table) spread over those queues, group `g` on queue
-//! `g mod n`; and one buffer pool per core: a memfd of `buffers × 2176`
+//! `g mod n`; one buffer pool per core: a memfd of `buffers × 2176`
 //! bytes rounded up to whole pages (2 MiB hugepages when the config
-//! resolved to them), its memory allocated when the allocation is made.
+//! resolved to them), its memory allocated when the allocation is made;
+//! and a stats page, one record per core, that the dataplane's cores
+//! publish in and `stats` reads (layout in `dataplane::stats`).
 //! Resizing to `m` cores takes or returns cores, queues and pools and
 //! moves the fewest flow groups that rebalance the table. Nothing is
 //! overcommitted: after any sequence of operations, free plus allocated
@@ -65,8 +72,20 @@
 //!    "role":"master","queues":2,"ip":"10.77.0.1","prefix":24,
 //!    "mac":"02:49:0a:4d:00:01","mac_derived":true,"gateway":null},
 //!    "pools":[{"queue":0,"fd":0,"bytes":8912896,"buffers":4096,"huge":false},
-//!             {"queue":1,"fd":1,…}]}}      + 2 memfds (SCM_RIGHTS)
+//!             {"queue":1,"fd":1,…}],
+//!    "stats":{"fd":2,"bytes":576,"cores":2,"version":1}}}  + 3 memfds
 //!
+//! (ixcpd restarts; the dataplane's runtime reconnects)
+//! → {"v":1,"id":1,"op":"reattach","name":"echo","pid":4242}  + its stats page
+//! ← {"v":1,"id":1,"ok":{"type":"reattached","dataplane":{…,"lifeline":true},
+//!    "stats":true}}
+//!
+//! → {"v":1,"id":2,"op":"stats","name":"echo"}
+//! ← {"v":1,"id":2,"ok":{"type":"stats","dataplane":{…},"allocation":{…},
+//!    "cores":[{"core":0,"cpu":0,"heartbeat_ns":…,"age_ms":4,"publishes":812,
+//!     "rx_packets":1250113,"tx_packets":1250090,"drops":0,"connections":16,
+//!     …,"avg_batch_milli":1520,"avg_queue_milli":1310,"avg_idle_ppm":412000,
+//!     "avg_full_ppm":0,"avg_loop_ns":830},…],"read_ns":…}}
 //! → {"v":1,"id":3,"op":"status"}
 //! ← {"v":1,"id":3,"ok":{"type":"status","daemon":{…},"dataplanes":[
 //!    {"name":"echo","state":"running","pid":4242,"port":"wire0",
@@ -78,6 +97,9 @@
 //!
 //! The registering connection is the dataplane's lifeline: when it closes
 //! (exit, crash, `kill -9`) the dataplane's resources return to the pool.
+//! When ixcpd itself stops or crashes, its dataplanes run on: the next
+//! ixcpd reads the books back from the state file, takes their resources
+//! again, and each dataplane reattaches (see [`daemon`] and [`state`]).
 //! Malformed frames (too large, empty, cut short, not UTF-8, not JSON,
 //! unknown request, missing or unknown field) are answered with an error
 //! naming the problem, and the connection keeps serving. See [`proto`] for
@@ -87,9 +109,8 @@
 //!
 //! `launch` runs programs with process isolation only (`kvm` answers
 //! `not_supported`); resizing a *registered* dataplane (flow-group
-//! migration in the running dataplane) is refused; per-core statistics
-//! published by dataplanes and the `load` policy loop come with the
-//! dataplane runtime. `stats` reports the control plane's view.
+//! migration in the running dataplane) is refused; the `load` policy that
+//! would act on the published statistics does not exist yet.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -99,9 +120,11 @@ pub mod config;
 pub mod daemon;
 pub mod host;
 pub mod launch;
+pub mod process;
 pub mod proto;
 pub mod resources;
 pub mod server;
+pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod units;

@@ -34,16 +34,21 @@
 //! port, buffers_per_core?, memory? (bytes)}, `launch` {the same, plus
 //! isolation?, policy?, program, args, cwd?}, answered once the program
 //! registered (or failed to), `stop` {name}, `stats` {name},
-//! `cores` {name, n}, `logs` {name, lines?}, and `register` {name}: a
-//! dataplane claiming its allocation at start-up. The `registered` reply
-//! carries one buffer-pool memfd per core as `SCM_RIGHTS`, in the order of
-//! its `pools` list; the registering connection then stays open as the
-//! dataplane's lifeline (see the server).
+//! `cores` {name, n}, `logs` {name, lines?}, `register` {name}: a
+//! dataplane claiming its allocation at start-up, and `reattach` {name,
+//! pid}: a running dataplane whose lifeline closed (ixcpd restarted)
+//! restoring it. The `registered` reply carries one buffer-pool memfd per
+//! core as `SCM_RIGHTS`, in the order of its `pools` list, then the stats
+//! page's memfd (`stats.fd`); the registering connection then stays open
+//! as the dataplane's lifeline (see the server). `reattach` is the one
+//! request that may carry a descriptor: the dataplane's stats page, which
+//! the restarted ixcpd did not have.
 //!
 //! A frame that is too large, empty, cut short, not UTF-8, not JSON, not
 //! an object, of another version, with an unknown `op`, an unknown field,
-//! or a missing or mistyped one, is answered with an error naming what is
-//! wrong; the connection stays open.
+//! or a missing or mistyped one, or with descriptors a request does not
+//! take, is answered with an error naming what is wrong; the connection
+//! stays open.
 //!
 //! Compatibility: fields may be added to replies within version 1; clients
 //! ignore fields they do not know, and error codes they do not know read as
@@ -57,6 +62,7 @@ use serde_json::Value;
 
 use crate::config::{Policy, PortConfig};
 use crate::resources::{Allocation, ResourcesView};
+use dataplane::stats::CoreStats;
 
 /// The protocol version this crate speaks.
 pub const VERSION: u32 = 1;
@@ -169,6 +175,14 @@ pub enum Request {
         /// The allocation's name.
         name: String,
     },
+    /// A running dataplane restoring its lifeline after ixcpd restarted;
+    /// may carry its stats page's memfd.
+    Reattach {
+        /// The dataplane's name.
+        name: String,
+        /// Its pid, which must be the connecting process's.
+        pid: u32,
+    },
 }
 
 /// The request names, for messages.
@@ -182,6 +196,7 @@ pub const OPS: &[&str] = &[
     "cores",
     "logs",
     "register",
+    "reattach",
 ];
 
 impl Request {
@@ -197,6 +212,7 @@ impl Request {
             Request::Cores { .. } => "cores",
             Request::Logs { .. } => "logs",
             Request::Register { .. } => "register",
+            Request::Reattach { .. } => "reattach",
         }
     }
 }
@@ -335,6 +351,11 @@ pub struct DataplaneInfo {
     pub memory_bytes: u64,
     /// When it was allocated, milliseconds since the Unix epoch.
     pub since_unix_ms: u64,
+    /// Whether ixcpd holds its lifeline now: false for a dataplane a
+    /// restarted ixcpd re-adopted until it reattaches (and for one that
+    /// never registered).
+    #[serde(default)]
+    pub lifeline: bool,
 }
 
 /// Reply to `status`.
@@ -358,13 +379,104 @@ pub struct StopReply {
     pub pid: Option<u32>,
 }
 
-/// Reply to `stats`: the control plane's view of one dataplane.
+/// Reply to `stats`: the control plane's view of one dataplane, and what
+/// each of its cores last published in its stats page.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsReply {
     /// State and holdings.
     pub dataplane: DataplaneInfo,
     /// The full allocation, with its redirection table.
     pub allocation: Allocation,
+    /// One entry per core whose record could be read, by core index.
+    #[serde(default)]
+    pub cores: Vec<CoreStatsView>,
+    /// Why some or all cores are missing (no page yet, a record that
+    /// would not hold still, a page whose header was overwritten).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// ixcpd's monotonic clock (ns, the clock dataplanes publish by) when
+    /// it read the page.
+    #[serde(default)]
+    pub read_ns: u64,
+}
+
+/// What one core published (see `dataplane::stats` for the definitions).
+/// Counters are totals since the core started; averages are fixed-point
+/// integers with their unit in the name. The dataplane writes these
+/// numbers: ixcpd passes them on, it does not vouch for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreStatsView {
+    /// Core index (= queue).
+    pub core: u16,
+    /// The CPU it was allocated.
+    pub cpu: u32,
+    /// Its loop clock at the publication, ns (`CLOCK_MONOTONIC`).
+    pub heartbeat_ns: u64,
+    /// Milliseconds since that publication by ixcpd's clock; `None`
+    /// before the first, or for a heartbeat ahead of ixcpd's clock.
+    pub age_ms: Option<u64>,
+    /// Publications so far (one per 10 ms of loop).
+    pub publishes: u64,
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Frames transmitted.
+    pub tx_packets: u64,
+    /// Frames dropped.
+    pub drops: u64,
+    /// Live TCP connections.
+    pub connections: u64,
+    /// Turns that received frames.
+    pub batches: u64,
+    /// Loop turns.
+    pub turns: u64,
+    /// Turns with nothing to do.
+    pub idle_turns: u64,
+    /// RX polls that returned the batch bound.
+    pub full_polls: u64,
+    /// Events delivered to the application.
+    pub events: u64,
+    /// The batch bound B.
+    pub batch_bound: u64,
+    /// Moving average of the batch size, 1/1000 frame.
+    pub avg_batch_milli: u64,
+    /// Moving average of the RX queue depth, 1/1000 frame.
+    pub avg_queue_milli: u64,
+    /// Moving average of the idle fraction, parts per million.
+    pub avg_idle_ppm: u64,
+    /// Moving average of the fraction of polls that hit the bound, ppm.
+    pub avg_full_ppm: u64,
+    /// Moving average of the loop time, ns per turn.
+    pub avg_loop_ns: u64,
+}
+
+impl CoreStatsView {
+    /// The view of core `core` on `cpu` of what it published, read when
+    /// ixcpd's monotonic clock said `now_ns`.
+    pub fn new(core: u16, cpu: u32, s: &CoreStats, now_ns: u64) -> CoreStatsView {
+        CoreStatsView {
+            core,
+            cpu,
+            heartbeat_ns: s.heartbeat_ns,
+            age_ms: (s.publishes > 0 && s.heartbeat_ns <= now_ns)
+                .then(|| (now_ns - s.heartbeat_ns) / 1_000_000),
+            publishes: s.publishes,
+            rx_packets: s.rx_packets,
+            tx_packets: s.tx_packets,
+            drops: s.drops,
+            connections: s.connections,
+            batches: s.batches,
+            turns: s.turns,
+            idle_turns: s.idle_turns,
+            full_polls: s.full_polls,
+            events: s.events,
+            batch_bound: s.batch_bound,
+            avg_batch_milli: s.avg_batch_milli,
+            avg_queue_milli: s.avg_queue_milli,
+            avg_idle_ppm: s.avg_idle_ppm,
+            avg_full_ppm: s.avg_full_ppm,
+            avg_loop_ns: s.avg_loop_ns,
+        }
+    }
 }
 
 /// One line of a dataplane's log.
@@ -413,6 +525,19 @@ pub struct PoolFd {
     pub huge: bool,
 }
 
+/// The stats page in a `registered` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsFd {
+    /// Index of its memfd among the fds received with the reply.
+    pub fd: u32,
+    /// Size of the memfd.
+    pub bytes: u64,
+    /// Records in it, one per core.
+    pub cores: u32,
+    /// Its layout version (`dataplane::stats::VERSION`).
+    pub version: u64,
+}
+
 /// Reply to `register`: everything a dataplane needs to start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
@@ -422,6 +547,20 @@ pub struct Registration {
     pub port: PortConfig,
     /// Its buffer pools; their memfds arrive with the reply.
     pub pools: Vec<PoolFd>,
+    /// The page its cores publish their statistics in; its memfd arrives
+    /// after the pools'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsFd>,
+}
+
+/// Reply to `reattach`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReattachReply {
+    /// The dataplane, its lifeline restored.
+    pub dataplane: DataplaneInfo,
+    /// Whether ixcpd could map the stats page sent with the request (a
+    /// dataplane without one keeps running; `stats` then says why).
+    pub stats: bool,
 }
 
 /// A successful result, tagged by `type` on the wire.
@@ -446,9 +585,14 @@ pub enum Reply {
     Registered(Registration),
     /// To `launch`, once the program registered.
     Launched(LaunchReply),
+    /// To `reattach`.
+    Reattached(ReattachReply),
 }
 
 /// A response's result or error.
+// One outcome exists per request in flight, briefly: boxing the larger
+// variant would buy nothing but an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -779,6 +923,10 @@ mod tests {
             Request::Register {
                 name: "echo".into(),
             },
+            Request::Reattach {
+                name: "echo".into(),
+                pid: 4242,
+            },
         ]
     }
 
@@ -819,6 +967,7 @@ mod tests {
             buffers_per_core: 4096,
             memory_bytes: 1 << 24,
             since_unix_ms: 1_700_000_000_000,
+            lifeline: true,
         };
         let port = PortConfig {
             name: "wire0".into(),
@@ -874,8 +1023,22 @@ mod tests {
                 pid: Some(99),
             }),
             Reply::Stats(StatsReply {
-                dataplane: info,
+                dataplane: info.clone(),
                 allocation: allocation(),
+                cores: vec![CoreStatsView {
+                    core: 1,
+                    cpu: 3,
+                    age_ms: Some(4),
+                    rx_packets: 1000,
+                    avg_batch_milli: 1500,
+                    ..CoreStatsView::default()
+                }],
+                note: Some("core 0's record did not hold still".into()),
+                read_ns: 77,
+            }),
+            Reply::Reattached(ReattachReply {
+                dataplane: info,
+                stats: true,
             }),
             Reply::Resized(allocation()),
             Reply::Logs(LogsReply {
@@ -896,6 +1059,12 @@ mod tests {
                     buffers: 4096,
                     huge: false,
                 }],
+                stats: Some(StatsFd {
+                    fd: 1,
+                    bytes: 4096,
+                    cores: 1,
+                    version: 1,
+                }),
             }),
         ];
         for reply in replies {
@@ -907,6 +1076,34 @@ mod tests {
             let bytes = encode_response(&frame);
             assert_eq!(decode_response(&bytes).unwrap(), frame);
         }
+    }
+
+    #[test]
+    fn a_core_view_ages_its_heartbeat_without_trusting_it() {
+        let published = CoreStats {
+            heartbeat_ns: 5_000_000,
+            publishes: 1,
+            rx_packets: 9,
+            avg_idle_ppm: 2_000_000,
+            ..CoreStats::default()
+        };
+        let v = CoreStatsView::new(0, 2, &published, 12_500_000);
+        assert_eq!((v.core, v.cpu, v.age_ms, v.rx_packets), (0, 2, Some(7), 9));
+        // A lie is passed on as the number it is, never a panic.
+        assert_eq!(v.avg_idle_ppm, 2_000_000);
+        // A heartbeat from the future, or none yet, has no age.
+        assert_eq!(CoreStatsView::new(0, 2, &published, 1).age_ms, None);
+        let never = CoreStats::default();
+        assert_eq!(CoreStatsView::new(0, 2, &never, 1 << 40).age_ms, None);
+        let far = CoreStats {
+            heartbeat_ns: 0,
+            publishes: u64::MAX,
+            ..CoreStats::default()
+        };
+        assert_eq!(
+            CoreStatsView::new(0, 2, &far, u64::MAX).age_ms,
+            Some(u64::MAX / 1_000_000)
+        );
     }
 
     #[test]
@@ -963,6 +1160,9 @@ mod tests {
             (b"{\"v\":1,\"id\":5,\"op\":\"cores\",\"name\":\"e\",\"n\":\"two\"}", ErrorCode::BadRequest, Some(5), "cores: invalid type: string \"two\", expected u32"),
             (b"{\"v\":1,\"id\":5,\"op\":\"allocate\",\"name\":\"e\",\"cores\":1,\"port\":\"w\",\"core\":2}", ErrorCode::BadRequest, Some(5), "unknown field `core`"),
             (b"{\"v\":1,\"id\":5,\"op\":\"stop\",\"name\":\"e\",\"force\":true}", ErrorCode::BadRequest, Some(5), "unknown field `force`"),
+            (b"{\"v\":1,\"id\":5,\"op\":\"reattach\",\"name\":\"e\"}", ErrorCode::BadRequest, Some(5), "reattach: missing field `pid`"),
+            (b"{\"v\":1,\"id\":5,\"op\":\"reattach\",\"name\":\"e\",\"pid\":-4}", ErrorCode::BadRequest, Some(5), "reattach: invalid value: integer `-4`, expected u32"),
+            (b"{\"v\":1,\"id\":5,\"op\":\"reattach\",\"pid\":4,\"name\":[]}", ErrorCode::BadRequest, Some(5), "reattach: invalid type: sequence, expected a string"),
         ];
         for (bytes, code, id, needle) in cases {
             let (got_code, got_id, message) = refused(bytes);

@@ -257,6 +257,23 @@ pub enum AllocError {
     /// Not enough of one or more resources.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Short(Vec<Shortage>),
+    /// An allocation to adopt holds a CPU that is not free.
+    #[error("cpu {cpu} is {}", match .owner {
+        Some(owner) => format!("held by {owner}"),
+        None => "not one the config gives out".to_owned(),
+    })]
+    CpuUnavailable {
+        /// The CPU.
+        cpu: u32,
+        /// Who holds it; `None` when the config does not list it.
+        owner: Option<String>,
+    },
+    /// An allocation to adopt is not one these books could have made.
+    #[error("its allocation is inconsistent: {what}")]
+    Inconsistent {
+        /// What is wrong.
+        what: String,
+    },
 }
 
 /// Free and total counts of the resource pool, for `ixctl resources`.
@@ -559,6 +576,71 @@ impl Resources {
         Ok(allocation)
     }
 
+    /// Takes exactly what `allocation` lists — its CPUs, port and memory —
+    /// as an earlier ixcpd gave it out (re-adoption after a restart), or
+    /// nothing, saying what no longer fits (the config changed, or
+    /// something else took it).
+    pub fn adopt(&mut self, allocation: &Allocation) -> Result<(), AllocError> {
+        let name = &allocation.name;
+        if !is_valid_name(name) {
+            return Err(AllocError::BadName { name: name.clone() });
+        }
+        if self.allocations.contains_key(name) {
+            return Err(AllocError::NameInUse { name: name.clone() });
+        }
+        let port = self.port_index(&allocation.port)?;
+        let n = allocation.cpus.len();
+        let inconsistent = |what: String| Err(AllocError::Inconsistent { what });
+        if n == 0 {
+            return Err(AllocError::ZeroCores);
+        }
+        let mut sorted = allocation.cpus.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != n {
+            return inconsistent(format!("cpus {:?} repeat", allocation.cpus));
+        }
+        for &cpu in &allocation.cpus {
+            match self.cores.iter().find(|(c, _)| *c == cpu) {
+                Some((_, None)) => {}
+                Some((_, Some(owner))) => {
+                    return Err(AllocError::CpuUnavailable {
+                        cpu,
+                        owner: Some(owner.clone()),
+                    })
+                }
+                None => return Err(AllocError::CpuUnavailable { cpu, owner: None }),
+            }
+        }
+        if !allocation.pool_bytes.is_multiple_of(self.page_size) {
+            return inconsistent(format!(
+                "pools of {} are not whole pages of {} (did the hugepage setting change?)",
+                allocation.pool_bytes, self.page_size
+            ));
+        }
+        if allocation.pool_bytes / BUF_SIZE < u64::from(allocation.buffers_per_core) {
+            return inconsistent(format!(
+                "pools of {} bytes cannot hold {} buffers",
+                allocation.pool_bytes, allocation.buffers_per_core
+            ));
+        }
+        check_reta(&allocation.reta, n).map_err(|what| AllocError::Inconsistent { what })?;
+        let bytes = allocation.pool_bytes.saturating_mul(n as u64);
+        let short = self.shortages(0, bytes, port, n as u32, false);
+        if !short.is_empty() {
+            return Err(AllocError::Short(short));
+        }
+        for (cpu, owner) in &mut self.cores {
+            if allocation.cpus.contains(cpu) {
+                *owner = Some(name.clone());
+            }
+        }
+        self.ports[port].owner = Some(name.clone());
+        self.used += bytes;
+        self.allocations.insert(name.clone(), allocation.clone());
+        Ok(())
+    }
+
     /// Grows or shrinks `name` to `cores` cores, with as many queues and
     /// pools, moving the fewest flow groups; or changes nothing.
     ///
@@ -799,6 +881,77 @@ ip = "10.0.1.1/24"
             port: port.into(),
             memory,
         }
+    }
+
+    #[test]
+    fn adopting_takes_exactly_what_an_earlier_daemon_gave_or_nothing() {
+        let cfg = config(&[0, 1, 2, 3], "64 MiB", 4);
+        let mut earlier = Resources::new(&cfg);
+        earlier
+            .allocate(&ask("a", 1, "wire1", MemoryAsk::BuffersPerCore(512)))
+            .unwrap();
+        let b = earlier
+            .allocate(&ask("b", 2, "wire0", MemoryAsk::BuffersPerCore(1024)))
+            .unwrap();
+        assert_eq!(b.cpus, [1, 2]);
+        // A new daemon adopts b alone: it gets cpus 1 and 2, not 0 and 1.
+        let mut books = Resources::new(&cfg);
+        books.adopt(&b).unwrap();
+        assert_eq!(books.get("b"), Some(&b));
+        assert_eq!(books.free_cores(), [0, 3]);
+        assert_eq!(books.free_memory(), 64 * MIB - b.memory_bytes());
+        assert_eq!(books.check_invariants(), Ok(()));
+        let again = books.adopt(&b).unwrap_err();
+        assert!(matches!(again, AllocError::NameInUse { .. }), "{again}");
+        // What no longer fits is refused, and the books do not move.
+        let before = books.view();
+        let mut moved = b.clone();
+        moved.name = "c".into();
+        let err = books.adopt(&moved).unwrap_err();
+        assert_eq!(err.to_string(), "cpu 1 is held by b");
+        moved.cpus = vec![7, 3];
+        let err = books.adopt(&moved).unwrap_err();
+        assert_eq!(err.to_string(), "cpu 7 is not one the config gives out");
+        moved.cpus = vec![3, 3];
+        assert!(matches!(
+            books.adopt(&moved),
+            Err(AllocError::Inconsistent { .. })
+        ));
+        moved.cpus = vec![0, 3];
+        let err = books.adopt(&moved).unwrap_err();
+        assert!(err.to_string().contains("port wire0: in use by b"), "{err}");
+        moved.port = "wire1".into();
+        let err = books.adopt(&moved).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("port wire1: 2 queues asked, 1 free"),
+            "{err}"
+        );
+        moved.port = "wire9".into();
+        assert!(matches!(
+            books.adopt(&moved),
+            Err(AllocError::NoSuchPort { .. })
+        ));
+        let mut torn = b.clone();
+        torn.name = "d".into();
+        torn.cpus = vec![0, 3];
+        torn.reta[0] = 5;
+        let err = books.adopt(&torn).unwrap_err();
+        assert!(
+            err.to_string().contains("flow group 0 on queue 5 of 2"),
+            "{err}"
+        );
+        torn.reta = b.reta.clone();
+        torn.pool_bytes += 1;
+        assert!(err.to_string().contains("inconsistent"), "{err}");
+        let err = books.adopt(&torn).unwrap_err();
+        assert!(err.to_string().contains("not whole pages"), "{err}");
+        assert_eq!(books.view(), before);
+        assert_eq!(books.check_invariants(), Ok(()));
+        // Memory beyond the budget (a config with less of it).
+        let small = config(&[0, 1, 2, 3], "2 MiB", 4);
+        let err = Resources::new(&small).adopt(&b).unwrap_err();
+        assert!(err.to_string().starts_with("memory: asked"), "{err}");
     }
 
     #[test]

@@ -26,12 +26,23 @@
 //! so a client that does not read its responses holds one response in
 //! memory and no more, and never stalls others. A connection whose
 //! request is answered later (a `launch` waiting for its program to
-//! register) is not read either until that answer is queued. The output
-//! pipes of launched programs are polled too, and the daemon's deadlines
-//! (stops, launches, exits) bound the wait. Each readable connection
-//! gets at most [`READ_BATCH`] requests per turn. A malformed frame is
-//! answered with an error and counted; the connection goes on. A closed
+//! register) is not read either until that answer is queued. The
+//! daemon's wake-up descriptors are polled too — pidfds of watched
+//! processes, inotify on launched programs' output — and its deadlines
+//! (stops, launches) bound the wait. Each readable connection gets at
+//! most [`READ_BATCH`] requests per turn. A malformed frame is answered
+//! with an error and counted; the connection goes on. A closed
 //! connection that was a dataplane's lifeline releases that dataplane.
+//! Descriptors sent with a request are refused (and closed) unless the
+//! request is `reattach`, which may carry one.
+//!
+//! # State
+//!
+//! [`Server::bind`] starts the daemon from the state file beside the
+//! socket (see [`crate::state`]) once it holds the socket, so two daemons
+//! never read or write one state file. On drop, the state file and the
+//! output directory are removed if no dataplane is left; otherwise they
+//! stay for the next ixcpd, and the dataplanes keep running.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
@@ -43,7 +54,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::daemon::{Caller, ConnId, Daemon};
-use crate::proto::{self, ApiError, ErrorCode, Outcome, ResponseFrame, MAX_FRAME, VERSION};
+use crate::proto::{
+    self, ApiError, ErrorCode, Outcome, Request, ResponseFrame, MAX_FRAME, VERSION,
+};
+use crate::state::StateError;
 use crate::sys::{self, Listener, PeerCred, SeqPacket};
 
 /// Most clients served at once; more are told `busy` and disconnected.
@@ -70,6 +84,9 @@ pub enum ServerError {
         /// What is there.
         what: &'static str,
     },
+    /// The books an earlier ixcpd left cannot be taken back.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// A system call failed.
     #[error("{what} {path:?}: {source}")]
     Io {
@@ -207,6 +224,9 @@ impl Server {
         let meta = fs::symlink_metadata(&path)
             .map_err(io_err("cannot inspect", &path))
             .map_err(cleanup)?;
+        let daemon = Daemon::new(config)
+            .map_err(ServerError::State)
+            .map_err(cleanup)?;
         log::info!(
             "listening on {path:?} (mode {:04o}, group {})",
             meta.mode() & 0o7777,
@@ -218,7 +238,7 @@ impl Server {
             socket_gid: meta.gid(),
             own_uid: sys::euid(),
             path,
-            daemon: Daemon::new(config),
+            daemon,
             conns: BTreeMap::new(),
             next_conn: 1,
             buf: vec![0; MAX_FRAME],
@@ -262,7 +282,7 @@ impl Server {
                 ids.push(*id);
             }
             let conns_end = pollfds.len();
-            for fd in self.daemon.child_fds() {
+            for fd in self.daemon.wake_fds() {
                 pollfds.push(entry(fd, libc::POLLIN));
             }
             let timeout = self.daemon.next_deadline().map_or(-1, |deadline| {
@@ -275,7 +295,6 @@ impl Server {
                 log::info!("stopping: shutting down the API on {:?}", self.path);
                 return Ok(());
             }
-            self.daemon.tick(Instant::now());
             for (pfd, id) in pollfds[2..conns_end].iter().zip(&ids) {
                 if pfd.revents == 0 {
                     continue;
@@ -284,6 +303,9 @@ impl Server {
                     self.close(*id);
                 }
             }
+            // After the connections: a lifeline that closed is seen as
+            // such before the pidfd of the same exit.
+            self.daemon.tick(Instant::now());
             self.send_finished();
             if pollfds[1].revents != 0 {
                 self.accept_all();
@@ -523,7 +545,7 @@ impl Server {
         &mut self,
         caller: &Caller,
         got: sys::Received,
-        fds: Vec<OwnedFd>,
+        mut fds: Vec<OwnedFd>,
     ) -> (Option<u64>, Option<Outgoing>) {
         let decoded = if got.truncated || got.len > MAX_FRAME {
             Err(proto::DecodeError {
@@ -543,14 +565,24 @@ impl Server {
                 );
                 (err.id, Outcome::Error(err.error), Vec::new())
             }
-            Ok(frame) if !fds.is_empty() || got.fds_truncated => {
+            Ok(frame) if got.fds_truncated || fds.len() > usize::from(takes_fd(&frame.request)) => {
                 self.daemon.counters.malformed += 1;
                 let error = ApiError::new(
                     ErrorCode::BadRequest,
                     format!(
-                        "{}: no request takes file descriptors ({} received and closed)",
+                        "{}: {} ({} received and closed{})",
                         frame.request.op(),
-                        fds.len()
+                        if takes_fd(&frame.request) {
+                            "takes at most one file descriptor (the stats page)"
+                        } else {
+                            "takes no file descriptors (only reattach does)"
+                        },
+                        fds.len(),
+                        if got.fds_truncated {
+                            ", more cut by the kernel"
+                        } else {
+                            ""
+                        }
                     ),
                 );
                 (Some(frame.id), Outcome::Error(error), Vec::new())
@@ -558,7 +590,11 @@ impl Server {
             Ok(frame) => {
                 self.daemon.counters.requests += 1;
                 log::debug!("pid {}: {}", caller.cred.pid, frame.request.op());
-                let Some(answer) = self.daemon.handle(caller, frame.request, Instant::now()) else {
+                let fds = std::mem::take(&mut fds);
+                let Some(answer) =
+                    self.daemon
+                        .handle_with_fds(caller, frame.request, fds, Instant::now())
+                else {
                     return (Some(frame.id), None);
                 };
                 let outcome = match answer.outcome {
@@ -584,8 +620,14 @@ impl Server {
     }
 }
 
+/// Whether `request` may come with a descriptor.
+fn takes_fd(request: &Request) -> bool {
+    matches!(request, Request::Reattach { .. })
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        self.daemon.tidy_up_if_idle();
         // Remove the socket only if it is still the one we created: a
         // newer daemon may have replaced it.
         match fs::symlink_metadata(&self.path) {
@@ -766,12 +808,19 @@ mod tests {
         let (registration, fds) = dataplane.register("echo").unwrap();
         assert_eq!(registration.allocation, allocation);
         assert_eq!(registration.port.name, "wire0");
-        assert_eq!(fds.len(), 2);
-        for (pool, fd) in registration.pools.iter().zip(fds) {
+        assert_eq!(fds.len(), 3, "a pool per core, then the stats page");
+        let mut fds = fds.into_iter();
+        for (pool, fd) in registration.pools.iter().zip(fds.by_ref()) {
             let file = File::from(fd);
             assert_eq!(file.metadata().unwrap().len(), pool.bytes);
             assert_eq!(pool.bytes, allocation.pool_bytes);
         }
+        let stats = registration.stats.expect("a stats page");
+        let page = File::from(fds.next().unwrap());
+        assert_eq!(
+            page.metadata().unwrap().len(),
+            stats.bytes.next_multiple_of(4096)
+        );
         let status = ctl.status().unwrap();
         assert_eq!(status.dataplanes[0].state, DataplaneState::Running);
         assert_eq!(status.dataplanes[0].pid, Some(std::process::id()));
@@ -870,8 +919,34 @@ mod tests {
                 vec![pool.as_fd()],
                 ErrorCode::BadRequest,
             ),
+            (
+                "reattach with two fds",
+                frame(Request::Reattach {
+                    name: "x".into(),
+                    pid: std::process::id(),
+                }),
+                vec![pool.as_fd(), pool.as_fd()],
+                ErrorCode::BadRequest,
+            ),
+            (
+                "reattach of nothing",
+                frame(Request::Reattach {
+                    name: "x".into(),
+                    pid: std::process::id(),
+                }),
+                vec![pool.as_fd()],
+                ErrorCode::NotFound,
+            ),
+            (
+                "reattach without its pid",
+                br#"{"v":1,"id":6,"op":"reattach","name":"x"}"#.to_vec(),
+                vec![],
+                ErrorCode::BadRequest,
+            ),
         ];
-        let count = cases.len() as u64;
+        // Refused before the daemon sees them, as malformed; the
+        // reattach of an unknown name is a well-formed request.
+        let count = cases.len() as u64 - 1;
         for (what, bytes, fds, code) in cases {
             let response = raw_call(&sock, &bytes, &fds);
             match response.outcome {
@@ -1120,6 +1195,38 @@ mod tests {
         assert!(!path.exists());
         let err = Client::connect(&path).unwrap_err();
         assert!(matches!(err, ClientError::NotRunning { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_restarted_server_knows_the_books_and_a_clean_one_leaves_no_state() {
+        let running = start();
+        running.client().allocate(alloc("kept", 1)).unwrap();
+        let path = running.path.clone();
+        let (server, dir) = running.stop();
+        let state = server.daemon().files().state.clone();
+        drop(server);
+        assert!(
+            state.exists(),
+            "books with an allocation stay for the next daemon"
+        );
+        let config = Config::from_toml(&config_text(&path, ""), &host()).unwrap();
+        let mut again = Server::bind(config).unwrap();
+        let (rd, wr) = std::io::pipe().unwrap();
+        let thread = std::thread::spawn(move || {
+            again.run(rd.as_fd()).unwrap();
+            again
+        });
+        let mut ctl = Client::connect(&path).unwrap();
+        let status = ctl.status().unwrap();
+        assert_eq!(status.dataplanes.len(), 1);
+        assert_eq!(status.dataplanes[0].name, "kept");
+        assert_eq!(status.dataplanes[0].state, DataplaneState::Allocated);
+        ctl.stop("kept").unwrap();
+        drop(ctl);
+        drop(wr);
+        drop(thread.join().unwrap());
+        assert!(!state.exists(), "no dataplane left: no state file");
+        drop(dir);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The system calls the control plane needs that `std` does not wrap:
 //! Unix `SOCK_SEQPACKET` sockets with file descriptors passed as
 //! `SCM_RIGHTS` (unix(7)), peer credentials (`SO_PEERCRED`,
-//! `SO_PEERGROUPS`), memfd buffer pools, `signalfd`, `poll`, and the few
-//! process calls a daemon makes. This is the crate's only `unsafe` code;
+//! `SO_PEERGROUPS`), memfd buffer pools, `signalfd`, `poll`, pidfds
+//! (pidfd_open(2): a process's exit as a pollable descriptor, signals
+//! that cannot hit a reused pid), inotify, and the few process calls a
+//! daemon makes. This is the crate's only `unsafe` code;
 //! every function here returns owned, checked values.
 
 use std::ffi::CString;
@@ -571,6 +573,86 @@ pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// A pidfd for process `pid` (pidfd_open(2)): readable once the process
+/// has exited, whether or not it is a child of this one.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a process id"))?;
+    // SAFETY: pidfd_open takes a pid and flags, no pointers; the result is
+    // checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process a pidfd names (never to a process that
+/// reused its pid).
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: a null siginfo asks for the same information kill() sends; no
+    // other pointer is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `fd` is readable (or hung up) right now, without waiting.
+pub fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pfd = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    Ok(poll(&mut pfd, 0)? > 0 && pfd[0].revents != 0)
+}
+
+/// A non-blocking inotify instance watching directory `dir` for files
+/// written to (`IN_MODIFY`) or closed after writing.
+pub fn inotify_dir(dir: &Path) -> io::Result<OwnedFd> {
+    let cpath = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: inotify_init1 takes flags only; the result is checked.
+    let raw = cvt(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
+    // SAFETY: `raw` was just created and is owned by no one else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: `cpath` is a NUL-terminated string alive across the call.
+    cvt(unsafe {
+        libc::inotify_add_watch(
+            fd.as_raw_fd(),
+            cpath.as_ptr(),
+            libc::IN_MODIFY | libc::IN_CLOSE_WRITE,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Reads and discards what a non-blocking descriptor holds (inotify
+/// events whose only message is "look again").
+pub fn drain(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: `buf` is writable for its whole length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+    }
+}
+
 /// Blocks `signals` for this thread (and threads it starts later) and
 /// returns a `signalfd` that becomes readable when one arrives.
 ///
@@ -824,6 +906,7 @@ mod tests {
     use super::*;
     use std::fs::File;
     use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::fd::AsFd;
 
     #[test]
     fn seqpacket_keeps_message_boundaries() {
@@ -941,6 +1024,35 @@ mod tests {
     fn group_lookup() {
         assert_eq!(group_id("root").unwrap(), Some(0));
         assert_eq!(group_id("no-such-group-for-ix").unwrap(), None);
+    }
+
+    #[test]
+    fn a_pidfd_becomes_readable_when_its_process_exits_and_signals_it() {
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pidfd = pidfd_open(child.id()).unwrap();
+        assert!(!readable_now(pidfd.as_fd()).unwrap());
+        pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(readable_now(pidfd.as_fd()).unwrap());
+        assert!(pidfd_open(0).is_err());
+    }
+
+    #[test]
+    fn inotify_reports_writes_in_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = inotify_dir(dir.path()).unwrap();
+        assert!(!readable_now(watch.as_fd()).unwrap());
+        std::fs::write(dir.path().join("out"), b"line\n").unwrap();
+        assert!(readable_now(watch.as_fd()).unwrap());
+        drain(watch.as_fd());
+        assert!(!readable_now(watch.as_fd()).unwrap());
     }
 
     #[test]

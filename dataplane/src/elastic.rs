@@ -19,14 +19,16 @@
 //!
 //! No locks, no allocation and no system calls in steady state: buffers
 //! come from the queue's pool, the event and TX arrays are reused, and the
-//! only shared state (counters for the control plane) is written with
-//! relaxed atomic loads and stores (single writer, no locked
-//! read-modify-write).
+//! thread counts in plain fields of its own. Every
+//! [`stats::PUBLISH_INTERVAL`] of loop clock (10 ms, as IX) it publishes
+//! its counters and moving averages (see [`crate::stats`]) to its
+//! [`CoreCounters`] and, under a control plane, to its record of the
+//! shared stats page: stores and fences, no locked read-modify-write.
 
 use std::cell::RefCell;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use crate::buf::{PktBuf, Pool};
 use crate::net::iface::{Delivered, IfaceConfig, Interface};
 use crate::nic::QueuePair;
 use crate::rss::{FlowTuple, RssConfig};
+use crate::stats::{self, Averages, CoreStats, CoreWriter, Interval, LocalRecord};
 use crate::tcp::{ConnId, FourTuple, TcpConfig, TcpError, TcpEvent, TcpStack};
 use crate::time::Instant;
 use crate::timer::TimerWheel;
@@ -41,9 +44,6 @@ use crate::txbuf::TxBuf;
 
 /// Default bound on the RX batch (IX's B).
 pub const DEFAULT_BATCH: usize = 64;
-
-/// Loop turns between two publications of the slower counters.
-const PUBLISH_EVERY: u32 = 4096;
 
 /// Configuration of one elastic thread.
 #[derive(Debug, Clone)]
@@ -63,37 +63,25 @@ pub struct CoreConfig {
     pub app_timers: usize,
 }
 
-/// Counters of one elastic thread, readable from other threads (the
-/// control plane's stats page) while the thread runs. Only the elastic
-/// thread writes them: it adds with a relaxed load and store, not a locked
-/// read-modify-write, so another writer's updates could be lost.
+/// What one elastic thread published last, readable from other threads
+/// while it runs: the same fields and seqlock as its record of the stats
+/// page ([`crate::stats`]), in process memory. Standalone dataplanes (no
+/// control plane, no page) have only this. Updated every
+/// [`stats::PUBLISH_INTERVAL`] and when the loop ends.
 #[derive(Debug, Default)]
 pub struct CoreCounters {
-    /// Frames received.
-    pub rx_packets: AtomicU64,
-    /// Frames transmitted.
-    pub tx_packets: AtomicU64,
-    /// Loop turns that received at least one frame.
-    pub batches: AtomicU64,
-    /// Loop turns with nothing to do.
-    pub idle_loops: AtomicU64,
-    /// Frames dropped anywhere on this core (NIC, IP layer, TCP).
-    pub drops: AtomicU64,
-    /// Events delivered to the application.
-    pub events: AtomicU64,
-    /// Live TCP connections.
-    pub connections: AtomicU64,
+    record: LocalRecord,
 }
 
 impl CoreCounters {
-    /// Mean RX batch size over the thread's life.
+    /// The latest publication.
+    pub fn snapshot(&self) -> CoreStats {
+        self.record.read()
+    }
+
+    /// Mean RX batch size over the thread's life (at the last publication).
     pub fn mean_batch(&self) -> f64 {
-        let b = self.batches.load(Ordering::Relaxed);
-        if b == 0 {
-            0.0
-        } else {
-            self.rx_packets.load(Ordering::Relaxed) as f64 / b as f64
-        }
+        self.snapshot().mean_batch()
     }
 }
 
@@ -369,17 +357,6 @@ pub trait Handler {
     }
 }
 
-/// Adds `n` to a counter that only this thread writes: a relaxed load and
-/// store instead of a locked read-modify-write on every loop turn. Readers
-/// on other threads still see each value whole and never going back.
-#[inline]
-fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(
-        counter.load(Ordering::Relaxed).wrapping_add(n),
-        Ordering::Relaxed,
-    );
-}
-
 /// Turns TCP's events into the application's, wrapping received data in
 /// views that release their bytes when dropped.
 #[inline]
@@ -400,6 +377,36 @@ fn convert_events(tcp: &mut Vec<TcpEvent>, app: &mut Vec<AppEvent>, released: &R
     }));
 }
 
+/// The thread's own counts, in plain fields (only it writes them).
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    rx_packets: u64,
+    tx_packets: u64,
+    batches: u64,
+    turns: u64,
+    idle_turns: u64,
+    full_polls: u64,
+    events: u64,
+}
+
+/// Where the current publication interval began, and when it ends.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    start: Instant,
+    end: Instant,
+    at: Totals,
+}
+
+impl Window {
+    fn starting(start: Instant, at: Totals) -> Window {
+        Window {
+            start,
+            end: start + stats::PUBLISH_INTERVAL,
+            at,
+        }
+    }
+}
+
 /// One elastic thread's state: the [`Core`] plus the loop's scratch arrays.
 pub struct ElasticThread<Q: QueuePair> {
     queue: Q,
@@ -407,7 +414,12 @@ pub struct ElasticThread<Q: QueuePair> {
     rx: Vec<PktBuf>,
     tcp_events: Vec<TcpEvent>,
     events: Vec<AppEvent>,
+    totals: Totals,
+    window: Window,
+    averages: Averages,
+    publishes: u64,
     counters: Arc<CoreCounters>,
+    page: Option<CoreWriter>,
 }
 
 impl<Q: QueuePair> ElasticThread<Q> {
@@ -437,9 +449,20 @@ impl<Q: QueuePair> ElasticThread<Q> {
             rx: Vec::with_capacity(batch),
             tcp_events: Vec::with_capacity(4 * batch),
             events: Vec::with_capacity(4 * batch),
+            totals: Totals::default(),
+            window: Window::starting(now, Totals::default()),
+            averages: Averages::default(),
+            publishes: 0,
             counters,
+            page: None,
             core,
         }
+    }
+
+    /// Publishes to `writer` too: this core's record of the stats page the
+    /// control plane gave the dataplane.
+    pub fn attach_stats(&mut self, writer: CoreWriter) {
+        self.page = Some(writer);
     }
 
     /// The core, for set-up before the loop starts.
@@ -453,13 +476,8 @@ impl<Q: QueuePair> ElasticThread<Q> {
         self.core.now = Instant::now();
         handler.start(&mut self.core);
         self.flush_tx();
-        let mut turns: u32 = 0;
         while !self.core.stop && !stop.load(Ordering::Relaxed) {
             self.turn(handler);
-            turns = turns.wrapping_add(1);
-            if turns.is_multiple_of(PUBLISH_EVERY) {
-                self.publish();
-            }
         }
         self.publish();
         self.core.apply_releases();
@@ -515,7 +533,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
         }
         let had_events = !self.events.is_empty();
         while !self.events.is_empty() {
-            bump(&self.counters.events, self.events.len() as u64);
+            self.totals.events += self.events.len() as u64;
             handler.handle(core, &mut self.events);
             self.events.clear();
             convert_events(&mut core.late_events, &mut self.events, &core.released);
@@ -527,14 +545,22 @@ impl<Q: QueuePair> ElasticThread<Q> {
             .flush(now, &mut core.iface.sender(now, &core.pool, &mut core.tx));
         let sent = self.flush_tx();
 
+        let t = &mut self.totals;
+        t.turns += 1;
         if n > 0 {
-            bump(&self.counters.batches, 1);
-            bump(&self.counters.rx_packets, n as u64);
+            t.batches += 1;
+            t.rx_packets += n as u64;
+            if n >= self.core.cfg.batch {
+                t.full_polls += 1;
+            }
         }
         let busy = n > 0 || had_events || sent > 0;
         if !busy {
-            bump(&self.counters.idle_loops, 1);
+            t.idle_turns += 1;
             std::hint::spin_loop();
+        }
+        if now >= self.window.end {
+            self.publish_at(now);
         }
         busy
     }
@@ -543,7 +569,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
         let mut sent = 0;
         if !self.core.tx.is_empty() {
             sent = self.queue.tx_burst(&mut self.core.tx);
-            bump(&self.counters.tx_packets, sent as u64);
+            self.totals.tx_packets += sent as u64;
         }
         sent
     }
@@ -553,14 +579,51 @@ impl<Q: QueuePair> ElasticThread<Q> {
         self.queue.stats()
     }
 
-    /// Publishes the slower-moving counters (connections, drops).
-    pub fn publish(&self) {
+    /// Publishes now, ending the current interval early (the loop calls
+    /// it when it stops, so the last counts are not lost).
+    pub fn publish(&mut self) {
+        self.publish_at(Instant::now());
+    }
+
+    /// Folds the interval that ends at `now` into the averages and
+    /// publishes everything: stores only, no allocation, no system call.
+    fn publish_at(&mut self, now: Instant) {
+        let (t, at) = (self.totals, self.window.at);
+        self.averages.fold(&Interval {
+            elapsed_ns: now.saturating_since(self.window.start).as_nanos() as u64,
+            turns: t.turns - at.turns,
+            rx_packets: t.rx_packets - at.rx_packets,
+            batches: t.batches - at.batches,
+            idle_turns: t.idle_turns - at.idle_turns,
+            full_polls: t.full_polls - at.full_polls,
+        });
+        self.window = Window::starting(now, t);
+        self.publishes += 1;
         let q = self.queue.stats();
-        let drops = q.rx_dropped + q.tx_dropped + self.core.iface.stats().dropped_total();
-        self.counters.drops.store(drops, Ordering::Relaxed);
-        self.counters
-            .connections
-            .store(self.core.tcp.conn_count() as u64, Ordering::Relaxed);
+        let a = &self.averages;
+        let snapshot = CoreStats {
+            heartbeat_ns: now.as_nanos(),
+            publishes: self.publishes,
+            rx_packets: t.rx_packets,
+            tx_packets: t.tx_packets,
+            drops: q.rx_dropped + q.tx_dropped + self.core.iface.stats().dropped_total(),
+            connections: self.core.tcp.conn_count() as u64,
+            batches: t.batches,
+            turns: t.turns,
+            idle_turns: t.idle_turns,
+            full_polls: t.full_polls,
+            events: t.events,
+            batch_bound: self.core.cfg.batch as u64,
+            avg_batch_milli: a.batch_milli,
+            avg_queue_milli: a.queue_milli,
+            avg_idle_ppm: a.idle_ppm,
+            avg_full_ppm: a.full_ppm,
+            avg_loop_ns: a.loop_ns,
+        };
+        self.counters.record.publish(&snapshot);
+        if let Some(page) = &self.page {
+            page.publish(&snapshot);
+        }
     }
 }
 
@@ -749,5 +812,43 @@ mod tests {
             server.queue.pool().available(),
             server.queue.pool().capacity()
         );
+    }
+
+    #[test]
+    fn counters_and_the_stats_page_get_the_same_publication() {
+        let (mut server, mut client) = threads();
+        let page = crate::stats::StatsPage::create("ix-elastic-test", 1).unwrap();
+        server.attach_stats(page.writer(0).unwrap());
+        let mut echo = Echo::default();
+        let mut sender = Sender {
+            total: 100_000,
+            sent: 0,
+            received: Vec::new(),
+            conn: None,
+            connected: false,
+            closed: false,
+        };
+        echo.start(server.core());
+        sender.start(client.core());
+        // Long enough in loop-clock time for the interval to pass.
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < 3 * stats::PUBLISH_INTERVAL || sender.received.len() < sender.total {
+            server.turn(&mut echo);
+            client.turn(&mut sender);
+        }
+        let before = page.read(0).unwrap();
+        assert!(before.publishes >= 1, "published on its own: {before:?}");
+        server.publish();
+        let last = server.counters.snapshot();
+        assert_eq!(page.read(0).unwrap(), last);
+        assert_eq!(last.publishes, before.publishes + 1);
+        assert!(last.rx_packets > 0 && last.tx_packets > 0 && last.events > 0);
+        assert!(last.turns >= last.batches && last.turns >= last.idle_turns);
+        assert_eq!(last.rx_packets, server.queue.stats().rx_packets);
+        assert_eq!(last.tx_packets, server.queue.stats().tx_packets);
+        assert_eq!(last.batch_bound, DEFAULT_BATCH as u64);
+        assert!(last.avg_loop_ns > 0 && last.avg_idle_ppm <= 1_000_000);
+        assert!(last.heartbeat_ns >= before.heartbeat_ns);
+        assert!(last.mean_batch() >= 1.0);
     }
 }

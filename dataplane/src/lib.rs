@@ -10,6 +10,7 @@ pub mod mem;
 pub mod net;
 pub mod nic;
 pub mod rss;
+pub mod stats;
 pub mod tcp;
 pub mod time;
 pub mod timer;

@@ -9,23 +9,41 @@
 //!   program claims an allocation from ixcpd (`register` on its API
 //!   socket, `$IX_SOCKET`, under the name `$IX_DATAPLANE` that `ixctl
 //!   launch` sets) and runs with exactly what ixcpd gave it: its CPUs
-//!   (one pinned elastic thread each), its port and addresses, and one
-//!   buffer pool per core mapped from the memfds ixcpd sent. The
-//!   registering connection is the dataplane's *lifeline*: the
-//!   [`Dataplane`] keeps it open until [`Dataplane::join`] returns, and
-//!   ixcpd takes everything back when it closes — also when the process
-//!   dies.
+//!   (one pinned elastic thread each), its port and addresses, one
+//!   buffer pool per core mapped from the memfds ixcpd sent, and the
+//!   stats page each core publishes its counters and moving averages in
+//!   (`dataplane::stats`). The registering connection is the dataplane's
+//!   *lifeline*: the [`Dataplane`] keeps it open until
+//!   [`Dataplane::join`] returns, and ixcpd takes everything back when it
+//!   closes — also when the process dies.
+//!
+//! # When ixcpd restarts
+//!
+//! A thread of the runtime (never an elastic thread) holds the lifeline
+//! and waits on it. When ixcpd goes away — a crash, an upgrade — the
+//! dataplane runs on; the thread reconnects to the same socket with
+//! backoff ([`REATTACH_BACKOFF`], doubling to [`REATTACH_BACKOFF_MAX`]) and
+//! sends `reattach` with the process's pid and its stats page. The new
+//! ixcpd knows the dataplane from its state file, checks the pid (and the
+//! process's start time) against its books, and the new connection is
+//! the lifeline from then on. Pools and the stats page stay mapped;
+//! nothing else changes. If the new ixcpd refuses — it does not know the
+//! dataplane (its books were lost), or the dataplane is not this
+//! process's — its cores and port may be handed to another dataplane, so
+//! the runtime stops the dataplane and [`Dataplane::join`] returns
+//! [`IxError::Disowned`] with ixcpd's reason.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use control_plane::client::{default_socket_path, Client, ClientError};
 use control_plane::config::{PortKind, DATAPLANE_ENV};
-use control_plane::proto::Registration;
+use control_plane::proto::{ErrorCode, Registration};
 use dataplane::buf::{Pool, BUF_SIZE};
 use dataplane::elastic::{CoreConfig, CoreCounters, ElasticThread, DEFAULT_BATCH};
 use dataplane::mem::SharedMem;
@@ -35,6 +53,7 @@ use dataplane::nic::fault::{FaultConfig, FaultyQueue};
 use dataplane::nic::memif::{MemifConfig, MemifPort, MemifQueue, MemifRole, Steering};
 use dataplane::nic::{QueuePair, QueueStats};
 use dataplane::rss::{RssConfig, DEFAULT_FLOW_GROUPS};
+use dataplane::stats::{CoreWriter, StatsPage};
 use dataplane::tcp::{TcpConfig, TcpStats};
 use dataplane::wire::ethernet::EthernetAddress;
 
@@ -111,6 +130,19 @@ pub enum IxError {
     /// ixcpd's registration does not fit this runtime.
     #[error("ixcpd's registration does not fit libix: {0}")]
     Mismatch(&'static str),
+    /// The lifeline's thread could not be started.
+    #[error("cannot start the thread that holds the lifeline to ixcpd: {0}")]
+    Lifeline(std::io::Error),
+    /// After an ixcpd restart, the new ixcpd refused to take the
+    /// dataplane back, so it stopped (its resources may be someone
+    /// else's now).
+    #[error("dataplane {name} stopped: ixcpd refused to take it back after a restart: {reason}")]
+    Disowned {
+        /// The dataplane.
+        name: String,
+        /// ixcpd's answer.
+        reason: String,
+    },
 }
 
 /// Which NIC the dataplane drives.
@@ -278,6 +310,8 @@ pub struct Registered {
     pub config: Config,
     name: String,
     pools: Vec<PoolMem>,
+    stats: Option<StatsPage>,
+    socket: PathBuf,
     lifeline: Client,
 }
 
@@ -306,18 +340,20 @@ impl Registered {
     }
 
     /// Registers as `name` with the ixcpd listening on `socket`.
-    pub fn register_at(socket: &std::path::Path, name: &str) -> Result<Registered, IxError> {
+    pub fn register_at(socket: &Path, name: &str) -> Result<Registered, IxError> {
         let err = |source| IxError::Register {
             name: name.to_owned(),
             source,
         };
         let mut client = Client::connect(socket).map_err(err)?;
         let (registration, fds) = client.register(name).map_err(err)?;
-        let (config, pools) = from_registration(name, registration, fds)?;
+        let (config, pools, stats) = from_registration(name, registration, fds)?;
         Ok(Registered {
             config,
             name: name.to_owned(),
             pools,
+            stats,
+            socket: socket.to_owned(),
             lifeline: client,
         })
     }
@@ -328,12 +364,14 @@ impl Registered {
     }
 }
 
-/// Checks a registration and builds the dataplane's config and pools.
+/// Checks a registration and builds the dataplane's config, pools and
+/// stats page (`None`, with a warning, when ixcpd sent none this runtime
+/// can write: the dataplane runs without publishing to ixcpd).
 fn from_registration(
     name: &str,
     reg: Registration,
-    fds: Vec<std::os::fd::OwnedFd>,
-) -> Result<(Config, Vec<PoolMem>), IxError> {
+    fds: Vec<OwnedFd>,
+) -> Result<(Config, Vec<PoolMem>, Option<StatsPage>), IxError> {
     let cores = reg.allocation.cpus.len();
     if cores == 0 || reg.pools.len() != cores {
         return Err(IxError::Mismatch("one buffer pool per core expected"));
@@ -344,7 +382,7 @@ fn from_registration(
             "the redirection table is not the round-robin one libix steers by",
         ));
     }
-    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     let mut pools = Vec::with_capacity(cores);
     for (i, p) in reg.pools.iter().enumerate() {
         if usize::from(p.queue) != i {
@@ -374,6 +412,27 @@ fn from_registration(
             buffers: p.buffers,
         });
     }
+    let stats = match &reg.stats {
+        None => {
+            log::warn!("{name}: ixcpd sent no stats page; the cores will not publish to it");
+            None
+        }
+        Some(s) => {
+            let fd = fds
+                .get_mut(s.fd as usize)
+                .and_then(Option::take)
+                .ok_or(IxError::Mismatch(
+                    "the stats page names a missing or reused descriptor",
+                ))?;
+            match StatsPage::open(fd, cores, true) {
+                Ok(page) => Some(page),
+                Err(err) => {
+                    log::warn!("{name}: cannot use ixcpd's stats page ({err}); the cores will not publish to it");
+                    None
+                }
+            }
+        }
+    };
     let port = &reg.port;
     let nic = match &port.kind {
         PortKind::Memif { socket, role, .. } => {
@@ -411,7 +470,7 @@ fn from_registration(
         .collect();
     config.pool_buffers = reg.allocation.buffers_per_core;
     config.hugepages = reg.allocation.huge;
-    Ok((config, pools))
+    Ok((config, pools, stats))
 }
 
 /// The queue pair of one core, whichever backend it is.
@@ -482,13 +541,171 @@ pub struct RunReport {
     pub cores: Vec<CoreReport>,
 }
 
+/// First wait before reconnecting to a restarted ixcpd.
+pub const REATTACH_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest wait between two attempts to reach a restarted ixcpd.
+pub const REATTACH_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// How long one `reattach` waits for its answer.
+const REATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The lifeline to ixcpd, held by a thread that restores it when ixcpd
+/// restarts (see the module docs). Dropping it ends the thread and
+/// closes the lifeline.
+struct Lifeline {
+    quit: Option<std::io::PipeWriter>,
+    thread: Option<JoinHandle<()>>,
+    disowned: Arc<Mutex<Option<String>>>,
+    name: String,
+}
+
+/// What the lifeline's thread works with.
+struct Supervisor {
+    socket: PathBuf,
+    name: String,
+    stats: Option<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    disowned: Arc<Mutex<Option<String>>>,
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes; the index of
+/// the first readable one.
+fn wait_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Option<usize> {
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+    match control_plane::sys::poll(&mut pollfds, ms) {
+        Ok(n) if n > 0 => pollfds.iter().position(|p| p.revents != 0),
+        _ => None,
+    }
+}
+
+impl Lifeline {
+    fn start(reg_lifeline: Client, sup: Supervisor) -> Result<Lifeline, IxError> {
+        let disowned = sup.disowned.clone();
+        let name = sup.name.clone();
+        let (quit_rd, quit_wr) = std::io::pipe().map_err(IxError::Lifeline)?;
+        let thread = std::thread::Builder::new()
+            .name("ix-lifeline".into())
+            .spawn(move || sup.run(reg_lifeline, &quit_rd))
+            .map_err(IxError::Lifeline)?;
+        Ok(Lifeline {
+            quit: Some(quit_wr),
+            thread: Some(thread),
+            disowned,
+            name,
+        })
+    }
+
+    /// ixcpd's reason, when it refused to take the dataplane back.
+    fn disowned(&self) -> Option<IxError> {
+        let reason = self
+            .disowned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        Some(IxError::Disowned {
+            name: self.name.clone(),
+            reason,
+        })
+    }
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        // Closing the pipe wakes the thread, which closes the lifeline.
+        drop(self.quit.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Supervisor {
+    /// Holds `lifeline` until `quit` turns readable (its writer closed);
+    /// restores it whenever ixcpd closes it.
+    fn run(self, mut lifeline: Client, quit: &std::io::PipeReader) {
+        loop {
+            let which = wait_readable(&[lifeline.as_fd(), quit.as_fd()], None);
+            match which {
+                Some(0) if lifeline.closed() => {}
+                Some(0) => continue,
+                // Told to quit (or poll failed): the lifeline closes here.
+                _ => return,
+            }
+            log::warn!(
+                "{}: ixcpd closed the lifeline (did it restart?); reconnecting to {:?}",
+                self.name,
+                self.socket
+            );
+            match self.reattach(quit) {
+                Some(restored) => lifeline = restored,
+                None => return,
+            }
+        }
+    }
+
+    /// Reconnects with backoff until ixcpd takes the dataplane back
+    /// (`Some`), refuses it (`None`, the dataplane stopped), or the
+    /// runtime quits (`None`).
+    fn reattach(&self, quit: &std::io::PipeReader) -> Option<Client> {
+        let mut backoff = REATTACH_BACKOFF;
+        let mut attempts = 0u32;
+        loop {
+            if wait_readable(&[quit.as_fd()], Some(backoff)).is_some() {
+                return None;
+            }
+            attempts += 1;
+            let attempt = Client::connect_with_timeout(&self.socket, REATTACH_TIMEOUT).and_then(
+                |mut client| {
+                    let stats = self.stats.as_ref().map(AsFd::as_fd);
+                    client
+                        .reattach(&self.name, std::process::id(), stats)
+                        .map(|reply| (client, reply))
+                },
+            );
+            match attempt {
+                Ok((client, reply)) => {
+                    log::warn!(
+                        "{}: reattached to ixcpd after {attempts} attempts (stats page {})",
+                        self.name,
+                        if reply.stats { "taken" } else { "refused" }
+                    );
+                    return Some(client);
+                }
+                Err(ClientError::Api(err))
+                    if !matches!(err.code, ErrorCode::Busy | ErrorCode::Internal) =>
+                {
+                    log::error!(
+                        "{}: ixcpd refused to take the dataplane back ({err}); stopping it, since                          its cores and port may be given to another",
+                        self.name
+                    );
+                    *self.disowned.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.message);
+                    self.stop.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                Err(err) => {
+                    log::debug!("{}: reattach attempt {attempts}: {err}", self.name);
+                    backoff = (backoff * 2).min(REATTACH_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
 /// A running dataplane.
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<CoreReport, IxError>>>,
     counters: Vec<Arc<CoreCounters>>,
-    /// The registration's connection to ixcpd, open while the cores run.
-    lifeline: Option<Client>,
+    /// The connection to ixcpd, open while the cores run (registered
+    /// dataplanes only).
+    lifeline: Option<Lifeline>,
 }
 
 impl Dataplane {
@@ -500,7 +717,8 @@ impl Dataplane {
         F: Fn(u16) -> A + Send + Sync + 'static,
     {
         let pools = cfg.cores.iter().map(|_| None).collect();
-        Self::start_with(cfg, pools, None, factory)
+        let stop = Arc::new(AtomicBool::new(false));
+        Self::start_with(cfg, pools, None, stop, None, factory)
     }
 
     /// Starts the dataplane ixcpd allocated (see [`Registered`]): one
@@ -518,13 +736,37 @@ impl Dataplane {
             ));
         }
         let pools = reg.pools.into_iter().map(Some).collect();
-        Self::start_with(reg.config, pools, Some(reg.lifeline), factory)
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats_fd = match &reg.stats {
+            Some(page) => Some(page.fd().try_clone_to_owned().map_err(IxError::Lifeline)?),
+            None => None,
+        };
+        let lifeline = Lifeline::start(
+            reg.lifeline,
+            Supervisor {
+                socket: reg.socket,
+                name: reg.name,
+                stats: stats_fd,
+                stop: stop.clone(),
+                disowned: Arc::default(),
+            },
+        )?;
+        Self::start_with(
+            reg.config,
+            pools,
+            reg.stats.as_ref(),
+            stop,
+            Some(lifeline),
+            factory,
+        )
     }
 
     fn start_with<A, F>(
         cfg: Config,
         pools: Vec<Option<PoolMem>>,
-        lifeline: Option<Client>,
+        page: Option<&StatsPage>,
+        stop: Arc<AtomicBool>,
+        lifeline: Option<Lifeline>,
         factory: F,
     ) -> Result<Dataplane, IxError>
     where
@@ -554,7 +796,6 @@ impl Dataplane {
         };
         let port = Arc::new(port);
         let factory = Arc::new(factory);
-        let stop = Arc::new(AtomicBool::new(false));
         let rss = RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS);
         let mut threads = Vec::new();
         let mut counters = Vec::new();
@@ -576,6 +817,7 @@ impl Dataplane {
             };
             let ctr = Arc::new(CoreCounters::default());
             counters.push(ctr.clone());
+            let writer = page.and_then(|p| p.writer(usize::from(q)).ok());
             let (port, factory, stop) = (port.clone(), factory.clone(), stop.clone());
             let cfg = cfg.clone();
             let handle = std::thread::Builder::new()
@@ -584,7 +826,11 @@ impl Dataplane {
                     if let Some(cpu) = cpu {
                         pin_to_cpu(cpu);
                     }
-                    run_core(&cfg, core_cfg, &port, pool_mem, ctr, &stop, factory(q))
+                    let publish = Publish {
+                        counters: ctr,
+                        page: writer,
+                    };
+                    run_core(&cfg, core_cfg, &port, pool_mem, publish, &stop, factory(q))
                 })
                 .map_err(IxError::Spawn)?;
             threads.push(handle);
@@ -624,7 +870,9 @@ impl Dataplane {
     }
 
     /// Waits for every core to finish (each stops when its application
-    /// calls `Cx::stop`, or when [`Dataplane::stop`] is called).
+    /// calls `Cx::stop`, or when [`Dataplane::stop`] is called), then
+    /// closes the lifeline. [`IxError::Disowned`] when the dataplane
+    /// stopped because a restarted ixcpd would not take it back.
     pub fn join(mut self) -> Result<RunReport, IxError> {
         let lifeline = self.lifeline.take();
         let mut report = RunReport::default();
@@ -641,8 +889,9 @@ impl Dataplane {
             }
         }
         // Every core has stopped: now ixcpd may take the resources back.
+        let disowned = lifeline.as_ref().and_then(Lifeline::disowned);
         drop(lifeline);
-        match first_err {
+        match first_err.or(disowned) {
             Some(e) => Err(e),
             None => Ok(report),
         }
@@ -695,15 +944,23 @@ fn open_queue(
     Ok(queue)
 }
 
+/// Where one core publishes: its process-local counters, and its record
+/// of ixcpd's stats page when registered.
+struct Publish {
+    counters: Arc<CoreCounters>,
+    page: Option<CoreWriter>,
+}
+
 fn run_core<A: App>(
     cfg: &Config,
     core_cfg: CoreConfig,
     port: &Port,
     pool_mem: Option<PoolMem>,
-    counters: Arc<CoreCounters>,
+    publish: Publish,
     stop: &AtomicBool,
     app: A,
 ) -> Result<CoreReport, IxError> {
+    let Publish { counters, page } = publish;
     let q = core_cfg.queue;
     let pool = match pool_mem {
         Some(p) => Pool::from_mem(q, p.mem, p.buffers),
@@ -712,18 +969,22 @@ fn run_core<A: App>(
     };
     let queue = open_queue(cfg, port, q, pool, stop)?;
     let mut thread = ElasticThread::new(core_cfg, queue, counters.clone());
+    if let Some(writer) = page {
+        thread.attach_stats(writer);
+    }
     for (ip, mac) in &cfg.static_arp {
         thread.core().add_static_arp(*ip, *mac);
     }
     let mut handler = Dispatch(app);
+    // The loop publishes once more as it ends: the counters are final.
     thread.run(&mut handler, stop);
-    thread.publish();
+    let last = counters.snapshot();
     Ok(CoreReport {
         core: q,
-        rx_packets: counters.rx_packets.load(Ordering::Relaxed),
-        tx_packets: counters.tx_packets.load(Ordering::Relaxed),
-        mean_batch: counters.mean_batch(),
-        idle_loops: counters.idle_loops.load(Ordering::Relaxed),
+        rx_packets: last.rx_packets,
+        tx_packets: last.tx_packets,
+        mean_batch: last.mean_batch(),
+        idle_loops: last.idle_turns,
         queue: thread.queue_stats(),
         tcp: thread.core().tcp_stats(),
     })
@@ -789,6 +1050,7 @@ mod tests {
                     huge: false,
                 })
                 .collect(),
+            stats: None,
         }
     }
 
@@ -804,8 +1066,9 @@ mod tests {
     #[test]
     fn a_registration_becomes_pinned_cores_the_port_and_mapped_pools() {
         let bytes = 64 * BUF_SIZE as u64;
-        let (cfg, pools) =
+        let (cfg, pools, stats) =
             from_registration("echo", registration(2, 64, bytes), memfds(2, bytes)).unwrap();
+        assert!(stats.is_none(), "no page sent, none used");
         assert_eq!(cfg.cores, [Some(0), Some(1)]);
         assert_eq!((cfg.ip, cfg.prefix_len), (Ipv4Addr::new(10, 77, 0, 2), 24));
         assert_eq!(cfg.gateway, Some(Ipv4Addr::new(10, 77, 0, 254)));
@@ -831,5 +1094,164 @@ mod tests {
         reta.allocation.reta[0] = 1;
         let moved = from_registration("e", reta, memfds(2, bytes));
         assert!(matches!(moved, Err(IxError::Mismatch(_))));
+    }
+
+    #[test]
+    fn the_stats_page_of_a_registration_is_mapped_for_writing_or_done_without() {
+        let bytes = 64 * BUF_SIZE as u64;
+        let with_page = |fd: OwnedFd| {
+            let mut reg = registration(2, 64, bytes);
+            reg.stats = Some(control_plane::proto::StatsFd {
+                fd: 2,
+                bytes: dataplane::stats::page_len(2) as u64,
+                cores: 2,
+                version: dataplane::stats::VERSION,
+            });
+            let mut fds = memfds(2, bytes);
+            fds.push(fd);
+            from_registration("echo", reg, fds).unwrap().2
+        };
+        let ixcpd = StatsPage::create("ix-reg-test", 2).unwrap();
+        let page = with_page(ixcpd.fd().try_clone_to_owned().unwrap()).expect("mapped");
+        let stats = dataplane::stats::CoreStats {
+            rx_packets: 5,
+            ..Default::default()
+        };
+        page.writer(1).unwrap().publish(&stats);
+        assert_eq!(ixcpd.read(1).unwrap(), stats);
+        // A page that is not one (unsealed): the dataplane runs without.
+        let plain = memfds(1, 4096).pop().unwrap();
+        assert!(with_page(plain).is_none());
+    }
+
+    /// An ixcpd on a thread of this test, on `socket`.
+    struct Ixcpd {
+        stop: Option<std::io::PipeWriter>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Ixcpd {
+        fn start(socket: &Path) -> Ixcpd {
+            let text = format!(
+                "cores = [0]\nmemory = \"16 MiB\"\nhugepages = \"off\"\n[api]\nsocket = {socket:?}\n\
+                 [[ports]]\nname = \"wire0\"\nkind = \"memif\"\nsocket = \"/tmp/ix-lifeline-test.sock\"\n\
+                 role = \"master\"\nqueues = 1\nip = \"10.0.0.1/24\"\n"
+            );
+            let host = control_plane::host::Host {
+                cpus: control_plane::units::CpuList(vec![0]),
+                hugepage_size: 2 << 20,
+                hugepages_free: 0,
+            };
+            let config = control_plane::config::Config::from_toml(&text, &host).unwrap();
+            let mut server = control_plane::server::Server::bind(config).unwrap();
+            let (rd, wr) = std::io::pipe().unwrap();
+            let thread = std::thread::spawn(move || server.run(rd.as_fd()).unwrap());
+            Ixcpd {
+                stop: Some(wr),
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for Ixcpd {
+        fn drop(&mut self) {
+            drop(self.stop.take());
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn status(socket: &Path) -> Option<control_plane::proto::DataplaneInfo> {
+        Client::connect(socket)
+            .and_then(|mut c| c.status())
+            .ok()?
+            .dataplanes
+            .pop()
+    }
+
+    /// Registers "echo" on the ixcpd at `socket` and starts the lifeline's
+    /// thread (without elastic threads: the lifeline is all this tests).
+    fn registered(socket: &Path) -> (Lifeline, Arc<AtomicBool>) {
+        let mut ctl = Client::connect(socket).unwrap();
+        ctl.allocate(control_plane::proto::AllocateArgs {
+            name: "echo".into(),
+            cores: 1,
+            port: "wire0".into(),
+            buffers_per_core: Some(512),
+            memory: None,
+        })
+        .unwrap();
+        let reg = Registered::register_at(socket, "echo").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = reg
+            .stats
+            .as_ref()
+            .map(|p| p.fd().try_clone_to_owned().unwrap());
+        let lifeline = Lifeline::start(
+            reg.lifeline,
+            Supervisor {
+                socket: reg.socket,
+                name: reg.name,
+                stats,
+                stop: stop.clone(),
+                disowned: Arc::default(),
+            },
+        )
+        .unwrap();
+        (lifeline, stop)
+    }
+
+    #[test]
+    fn the_lifeline_is_restored_when_ixcpd_restarts_and_closes_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ixcpd.sock");
+        let first = Ixcpd::start(&socket);
+        let (lifeline, stop) = registered(&socket);
+        assert!(status(&socket).unwrap().lifeline);
+        drop(first);
+        let _second = Ixcpd::start(&socket);
+        wait_for("the dataplane reattached", || {
+            status(&socket).is_some_and(|d| d.lifeline)
+        });
+        let mut ctl = Client::connect(&socket).unwrap();
+        assert!(
+            ctl.stats("echo").unwrap().note.is_none(),
+            "its page came along"
+        );
+        assert!(!stop.load(Ordering::Relaxed));
+        assert!(lifeline.disowned().is_none());
+        drop(lifeline);
+        wait_for("released when the lifeline closed", || {
+            status(&socket).is_none()
+        });
+    }
+
+    #[test]
+    fn a_dataplane_the_new_ixcpd_does_not_know_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ixcpd.sock");
+        let first = Ixcpd::start(&socket);
+        let (lifeline, stop) = registered(&socket);
+        drop(first);
+        // Its books are lost.
+        std::fs::remove_file(dir.path().join("ixcpd.sock.state")).unwrap();
+        let _second = Ixcpd::start(&socket);
+        wait_for("the dataplane told to stop", || {
+            stop.load(Ordering::Relaxed)
+        });
+        let err = lifeline.disowned().expect("disowned");
+        assert!(
+            err.to_string().contains("no dataplane named \"echo\""),
+            "{err}"
+        );
     }
 }

@@ -46,6 +46,8 @@ Examples:
       run the echo server as a dataplane on one core of port wire0
   ixctl status
       every dataplane, its state, pid and cpus (--json for a script)
+  ixctl stats echo --watch
+      echo's cores, redrawn every second with packet rates, until Ctrl-C
   ixctl bench echo
       ix and linux side by side: 16 connections, 64-byte messages, 5 s
   ixctl bench echo --system linux --connections 1 --duration 10 --json
@@ -94,8 +96,13 @@ enum TopCommand {
     Launch(LaunchCli),
     /// Stop a dataplane (SIGTERM, then SIGKILL) and free its resources.
     Stop(NameArg),
-    /// A dataplane's state, holdings and flow groups.
-    Stats(NameArg),
+    /// A dataplane's cores as they published: packets, drops,
+    /// connections, batch size, queue depth, idle time, loop time.
+    #[command(
+        after_help = "Examples:\n  ixctl stats echo\n  ixctl stats echo --watch --interval 0.5\n  \
+                            ixctl stats echo --json"
+    )]
+    Stats(StatsCli),
     /// What ixcpd recorded about a dataplane, its output included.
     Logs {
         #[command(flatten)]
@@ -132,6 +139,22 @@ struct NameArg {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatsCli {
+    #[command(flatten)]
+    name: NameArg,
+    /// Redraw every interval, with packet rates, until Ctrl-C (with
+    /// --json: one JSON object per line).
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between redraws with --watch (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "watch")]
+    interval: f64,
+    /// Stop after N redraws with --watch.
+    #[arg(long, value_name = "N", requires = "watch")]
+    count: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -328,13 +351,30 @@ pub enum CtlOp {
     Launch(LaunchArgs),
     /// `stop NAME`.
     Stop(String),
-    /// `stats NAME`.
-    Stats(String),
+    /// `stats NAME [--watch]`.
+    Stats {
+        /// The dataplane.
+        name: String,
+        /// Redraw every so often (`--watch`), or print once (`None`).
+        watch: Option<Watch>,
+    },
     /// `logs NAME [--lines N]`.
     Logs(String, Option<u32>),
     /// `cores NAME N`.
     Cores(String, u32),
 }
+
+/// How `ixctl stats --watch` repeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// Time between two reads.
+    pub interval: Duration,
+    /// Stop after this many reads (`None`: until interrupted).
+    pub count: Option<u64>,
+}
+
+/// Shortest `--interval` accepted, seconds.
+pub const MIN_INTERVAL_SECS: f64 = 0.01;
 
 /// What `ixctl bench echo` runs and how it reports.
 #[derive(Clone, Debug, PartialEq)]
@@ -475,7 +515,23 @@ where
             ctl(json, CtlOp::Launch(validate_launch(l)?))
         }
         TopCommand::Stop(n) => ctl(n.json, CtlOp::Stop(valid_name(n.name)?)),
-        TopCommand::Stats(n) => ctl(n.json, CtlOp::Stats(valid_name(n.name)?)),
+        TopCommand::Stats(s) => {
+            let name = valid_name(s.name.name)?;
+            let watch = if s.watch {
+                Some(Watch {
+                    interval: seconds(
+                        "interval",
+                        s.interval,
+                        MIN_INTERVAL_SECS,
+                        MAX_DURATION_SECS,
+                    )?,
+                    count: s.count,
+                })
+            } else {
+                None
+            };
+            ctl(s.name.json, CtlOp::Stats { name, watch })
+        }
         TopCommand::Logs { name, lines } => {
             ctl(name.json, CtlOp::Logs(valid_name(name.name)?, lines))
         }
@@ -778,6 +834,57 @@ mod tests {
             ctl(&["stop", "echo"]).unwrap().op,
             CtlOp::Stop("echo".into())
         );
+    }
+
+    #[test]
+    fn stats_watches_at_the_interval_asked_or_once() {
+        assert_eq!(
+            ctl(&["stats", "echo"]).unwrap().op,
+            CtlOp::Stats {
+                name: "echo".into(),
+                watch: None
+            }
+        );
+        let c = ctl(&["stats", "echo", "--watch", "--json"]).unwrap();
+        assert!(c.json);
+        assert_eq!(
+            c.op,
+            CtlOp::Stats {
+                name: "echo".into(),
+                watch: Some(Watch {
+                    interval: Duration::from_secs(1),
+                    count: None
+                })
+            }
+        );
+        let c = ctl(&[
+            "stats",
+            "echo",
+            "--watch",
+            "--interval",
+            "0.25",
+            "--count",
+            "3",
+        ])
+        .unwrap();
+        let CtlOp::Stats { watch, .. } = c.op else {
+            panic!()
+        };
+        assert_eq!(
+            watch,
+            Some(Watch {
+                interval: Duration::from_millis(250),
+                count: Some(3)
+            })
+        );
+        let err = |args: &[&str]| ctl(args).unwrap_err().to_string();
+        assert_eq!(
+            err(&["stats", "echo", "--watch", "--interval", "0"]),
+            "--interval must be between 0.01 and 3600 seconds, got 0"
+        );
+        assert!(err(&["stats", "echo", "--interval", "2"]).contains("--watch"));
+        assert!(err(&["stats", "echo", "--count", "2"]).contains("--watch"));
+        assert!(err(&["stats", "a b"]).starts_with("dataplane name \"a b\" is not valid"));
     }
 
     fn message(args: &[&str]) -> String {

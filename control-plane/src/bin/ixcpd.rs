@@ -1,6 +1,7 @@
 //! `ixcpd`: the IX control plane daemon. Reads and validates its config,
-//! creates the API socket, and serves until SIGTERM, SIGINT or SIGHUP,
-//! removing the socket on the way out.
+//! creates the API socket, takes back the books a previous ixcpd left
+//! beside it, and serves until SIGTERM, SIGINT or SIGHUP, removing the
+//! socket on the way out (its dataplanes keep running).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
@@ -25,6 +26,11 @@ Examples:
       a config file to start from
 
 Socket: --socket, else $IX_SOCKET, else the config's api.socket (/run/ix/ixcpd.sock).
+Beside it: SOCKET.state, the books (rewritten on every change), and SOCKET.logs/,
+launched programs' output. Stopping or killing ixcpd leaves its dataplanes running;
+the next ixcpd on the same socket reads SOCKET.state, takes their resources back and
+waits for them to reattach. It refuses to start on a state file it cannot read or
+whose running dataplanes no longer fit the config (the error says what to do).
 Exit status: 0 stopped by SIGTERM/SIGINT/SIGHUP, or started in the background;
 1 runtime failure (such as another ixcpd on the socket); 2 usage or config error.
 Log level: RUST_LOG=debug|info|warn (default info).";
