@@ -37,7 +37,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -797,6 +797,7 @@ impl Dataplane {
         let port = Arc::new(port);
         let factory = Arc::new(factory);
         let rss = RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS);
+        let (opened_tx, opened_rx) = mpsc::channel();
         let mut threads = Vec::new();
         let mut counters = Vec::new();
         for ((q, cpu), pool_mem) in cfg.cores.iter().copied().enumerate().zip(pools) {
@@ -819,6 +820,7 @@ impl Dataplane {
             counters.push(ctr.clone());
             let writer = page.and_then(|p| p.writer(usize::from(q)).ok());
             let (port, factory, stop) = (port.clone(), factory.clone(), stop.clone());
+            let opened = opened_tx.clone();
             let cfg = cfg.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("ix-core-{q}"))
@@ -830,10 +832,31 @@ impl Dataplane {
                         counters: ctr,
                         page: writer,
                     };
-                    run_core(&cfg, core_cfg, &port, pool_mem, publish, &stop, factory(q))
+                    run_core(
+                        &cfg,
+                        core_cfg,
+                        &port,
+                        pool_mem,
+                        publish,
+                        &stop,
+                        opened,
+                        factory(q),
+                    )
                 })
                 .map_err(IxError::Spawn)?;
             threads.push(handle);
+        }
+        drop(opened_tx);
+        if matches!(cfg.nic, NicConfig::AfPacket { .. }) {
+            // An af_packet queue opens at once (no peer to wait for): return
+            // only when every core can answer, so a program that says it is
+            // serving is. A core that fails stops waiting here (its sender
+            // is dropped) and reports at `join`.
+            for _ in 0..queues {
+                if opened_rx.recv_timeout(cfg.link_timeout).is_err() {
+                    break;
+                }
+            }
         }
         Ok(Dataplane {
             stop,
@@ -958,6 +981,7 @@ fn run_core<A: App>(
     pool_mem: Option<PoolMem>,
     publish: Publish,
     stop: &AtomicBool,
+    opened: mpsc::Sender<()>,
     app: A,
 ) -> Result<CoreReport, IxError> {
     let Publish { counters, page } = publish;
@@ -968,6 +992,8 @@ fn run_core<A: App>(
             .map_err(|source| IxError::Pool { core: q, source })?,
     };
     let queue = open_queue(cfg, port, q, pool, stop)?;
+    // The receiver may have stopped waiting; nothing to do then.
+    let _ = opened.send(());
     let mut thread = ElasticThread::new(core_cfg, queue, counters.clone());
     if let Some(writer) = page {
         thread.attach_stats(writer);
