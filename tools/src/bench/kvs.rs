@@ -632,30 +632,35 @@ impl KvsReport {
         use plotters::prelude::*;
 
         let slo_us = self.params.slo.as_secs_f64() * 1e6;
-        let series: Vec<(&'static str, Vec<(f64, f64)>)> = self
+        // Per system: (points the generator kept up with, points where it
+        // lagged); the line joins the former, the latter are hollow marks.
+        type Points = Vec<(f64, f64)>;
+        let series: Vec<(&'static str, Points, Points)> = self
             .rows
             .iter()
             .filter_map(|r| {
                 let run = r.outcome.as_ref().ok()?;
-                let mut pts: Vec<(f64, f64)> = run
-                    .sweep
-                    .points
-                    .iter()
-                    .filter(|p| p.achieved_rps > 0.0)
-                    .map(|p| (p.achieved_rps / 1e3, p.latency_us.p99.max(1.0)))
-                    .collect();
-                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                Some((r.system.name(), pts))
+                let (mut kept, mut lagged): (Points, Points) = (Vec::new(), Vec::new());
+                for p in run.sweep.points.iter().filter(|p| p.achieved_rps > 0.0) {
+                    let xy = (p.achieved_rps / 1e3, p.latency_us.p99.max(1.0));
+                    if p.generator_lagged {
+                        lagged.push(xy);
+                    } else {
+                        kept.push(xy);
+                    }
+                }
+                kept.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Some((r.system.name(), kept, lagged))
             })
             .collect();
         let x_max = series
             .iter()
-            .flat_map(|(_, p)| p.iter().map(|q| q.0))
+            .flat_map(|(_, k, l)| k.iter().chain(l).map(|q| q.0))
             .fold(1.0, f64::max)
             * 1.1;
         let y_max = series
             .iter()
-            .flat_map(|(_, p)| p.iter().map(|q| q.1))
+            .flat_map(|(_, k, l)| k.iter().chain(l).map(|q| q.1))
             .fold(slo_us * 4.0, f64::max)
             .min(1e6);
         let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
@@ -663,7 +668,7 @@ impl KvsReport {
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 format!(
-                    "KVS {} — p99 latency vs throughput (one server core)",
+                    "KVS {} — p99 latency vs throughput, one server core (hollow: generator lagged)",
                     self.params.workload.name()
                 ),
                 ("sans-serif", 20),
@@ -685,15 +690,20 @@ impl KvsReport {
             .label(format!("SLO {slo_us:.0} µs"))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.5)));
         let colors = [RED, BLUE, GREEN, MAGENTA];
-        for (i, (name, pts)) in series.iter().enumerate() {
+        for (i, (name, kept, lagged)) in series.iter().enumerate() {
             let color = colors[i % colors.len()];
             chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color))?
+                .draw_series(LineSeries::new(kept.iter().copied(), color))?
                 .label(*name)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
             chart.draw_series(
-                pts.iter()
+                kept.iter()
                     .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+            )?;
+            chart.draw_series(
+                lagged
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 3, color.stroke_width(1))),
             )?;
         }
         chart
@@ -717,5 +727,134 @@ impl KvsReport {
         self.write_csv(&csv)?;
         self.write_plot(&svg)?;
         Ok((csv, svg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{Latency, SendLag};
+
+    fn point(system: &'static str, offered: f64, p99: f64, lagged: bool) -> PointResult {
+        PointResult {
+            kind: "point",
+            transport: system,
+            workload: "etc",
+            connections: 64,
+            offered_rps: offered,
+            scheduled_rps: offered,
+            achieved_rps: offered,
+            warmup_s: 0.2,
+            duration_s: 1.0,
+            requests: offered as u64,
+            gets: 0,
+            sets: 0,
+            hits: 0,
+            misses: 0,
+            errors: 0,
+            unanswered: 0,
+            dropped: 0,
+            latency_us: Latency {
+                p50: p99 / 4.0,
+                p99,
+                ..Latency::default()
+            },
+            generator_lagged: lagged,
+            send_lag_us: SendLag::default(),
+            lag_bound_us: 100.0,
+            client_cpu: Some(1.0),
+            server_cpu: Some(0.5),
+            slo_us: 500.0,
+            meets_slo: p99 <= 500.0 && !lagged,
+        }
+    }
+
+    fn run(system: KvsSystem, points: Vec<PointResult>, common: f64) -> KvsRow {
+        let params = LoadParams::default();
+        let name = system.name();
+        KvsRow {
+            system,
+            outcome: Ok(KvsRun {
+                sweep: SweepResult::from_points(name, &params, points),
+                common: Some(point(name, common, 100.0, false)),
+            }),
+        }
+    }
+
+    fn report(out_dir: PathBuf) -> KvsReport {
+        KvsReport {
+            params: KvsParams {
+                out_dir,
+                ..KvsParams::default()
+            },
+            common_rps: Some(40_000.0),
+            rows: vec![
+                run(
+                    KvsSystem::Ix,
+                    vec![
+                        point("ix", 100_000.0, 80.0, false),
+                        point("ix", 400_000.0, 300.0, false),
+                        point("ix", 800_000.0, 9_000.0, true),
+                    ],
+                    40_000.0,
+                ),
+                run(
+                    KvsSystem::Linux,
+                    vec![
+                        point("linux", 40_000.0, 200.0, false),
+                        point("linux", 80_000.0, 2_000.0, false),
+                    ],
+                    40_000.0,
+                ),
+                KvsRow {
+                    system: KvsSystem::Memcached,
+                    outcome: Err("memcached not installed".into()),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn ratios_compare_slo_rates_and_skip_systems_that_did_not_run() {
+        let r = report(PathBuf::from("unused"));
+        assert_eq!(r.ratio(KvsSystem::Linux), Some(10.0));
+        assert_eq!(r.ratio(KvsSystem::Memcached), None);
+        assert!(r.has_failures());
+        let json = r.to_json();
+        assert_eq!(json["ix"]["slo_rps"], 400_000.0);
+        assert_eq!(json["linux"]["p99_us"], 100.0);
+        assert_eq!(json["memcached"]["error"], "memcached not installed");
+        assert_eq!(json["ratio_linux"], 10.0);
+        assert!(json["ratio_memcached"].is_null());
+        let mut table = Vec::new();
+        r.write_table(&mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(table.contains("memcached  did not run: memcached not installed"));
+        assert!(table.contains("10.00"), "{table}");
+    }
+
+    #[test]
+    fn csv_has_every_point_and_the_plot_marks_lagged_points_hollow() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = report(dir.path().to_path_buf());
+        let (csv, svg) = r.write_files().unwrap();
+        let csv = std::fs::read_to_string(csv).unwrap();
+        // Header, 3 + 1 ix points, 2 + 1 linux points, no memcached.
+        assert_eq!(csv.lines().count(), 1 + 4 + 3, "{csv}");
+        assert!(csv.contains("ix,sweep,800000,800000,2250.0,9000.0,0.0,1.00,0.50,true,false"));
+        let svg = std::fs::read_to_string(svg).unwrap();
+        assert!(svg.contains("SLO 500 µs") && svg.contains("linux"));
+        let circles: Vec<&str> = svg
+            .split("<circle")
+            .skip(1)
+            .filter_map(|c| c.split("/>").next())
+            .collect();
+        let hollow = circles
+            .iter()
+            .filter(|c| c.contains("fill=\"none\""))
+            .count();
+        // Filled: the 2 ix and 2 linux points the generator kept up with;
+        // hollow: the one where it lagged.
+        assert_eq!((circles.len() - hollow, hollow), (4, 1), "{svg}");
     }
 }
