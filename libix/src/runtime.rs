@@ -838,8 +838,10 @@ impl Dataplane {
                         &port,
                         pool_mem,
                         publish,
-                        &stop,
-                        opened,
+                        Signals {
+                            stop: &stop,
+                            opened,
+                        },
                         factory(q),
                     )
                 })
@@ -974,16 +976,23 @@ struct Publish {
     page: Option<CoreWriter>,
 }
 
+/// How a core talks to the thread that started it: the stop flag it
+/// watches, and the channel on which it says its queue is open.
+struct Signals<'a> {
+    stop: &'a AtomicBool,
+    opened: mpsc::Sender<()>,
+}
+
 fn run_core<A: App>(
     cfg: &Config,
     core_cfg: CoreConfig,
     port: &Port,
     pool_mem: Option<PoolMem>,
     publish: Publish,
-    stop: &AtomicBool,
-    opened: mpsc::Sender<()>,
+    signals: Signals<'_>,
     app: A,
 ) -> Result<CoreReport, IxError> {
+    let Signals { stop, opened } = signals;
     let Publish { counters, page } = publish;
     let q = core_cfg.queue;
     let pool = match pool_mem {
