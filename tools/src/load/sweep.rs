@@ -10,11 +10,14 @@
 //! once at `max_rps`) until a point fails, then geometric bisection
 //! between the best passing and the lowest failing rate until they are
 //! within `resolution` of each other. If the first point already fails,
-//! the ramp goes down instead (÷`growth`) until one passes. A point that
-//! failed with `generator_lagged` (the generator, not the server, missed
-//! its schedule — on a shared machine, often a preempted thread) is
-//! measured once more before it counts. At most `max_points` points are
-//! measured. The search is a pure function of the
+//! the ramp goes down instead (÷`growth`) until one passes. A rate that
+//! misses is measured again, up to `attempts` times in all, and passes if
+//! any attempt does: on a shared machine a thread is sometimes paused for
+//! milliseconds (measured on the 2-core test VM: a pinned spinning thread
+//! sees a few 1–5 ms gaps in 5 s), and one such pause in a 1 s window is
+//! enough to push p99 past 500 µs at any rate, on every system alike.
+//! Best-of-`attempts` measures the server rather than the pauses. At most
+//! `max_points` points are measured. The search is a pure function of the
 //! results it is shown ([`Search`] implements [`Planner`]), so it is
 //! tested against a latency model without a server.
 //!
@@ -43,6 +46,8 @@ pub struct SweepParams {
     pub resolution: f64,
     /// At most this many points.
     pub max_points: usize,
+    /// Measurements of a rate that misses before it counts as failed.
+    pub attempts: u8,
 }
 
 impl SweepParams {
@@ -55,18 +60,19 @@ impl SweepParams {
             min_rps: 100.0,
             growth: 2.0,
             resolution: 0.05,
-            max_points: 20,
+            max_points: 24,
+            attempts: 3,
         }
     }
 
-    /// A quick search: 10 % resolution, at most 12 points. With
+    /// A quick search: 10 % resolution, at most 16 points. With
     /// [`SweepParams::quick_timing`] a sweep of one system takes under
-    /// 30 s: at most 12 × 1.7 s (warm-up, window, longest drain) plus
+    /// 30 s: at most 16 × 1.7 s (warm-up, window, longest drain) plus
     /// connecting and the preload (about a second for 100,000 keys).
     pub fn quick() -> SweepParams {
         SweepParams {
             resolution: 0.10,
-            max_points: 12,
+            max_points: 16,
             ..SweepParams::full()
         }
     }
@@ -95,6 +101,11 @@ impl SweepParams {
         if self.max_points == 0 {
             return Err(LoadError::Params("sweep needs at least one point"));
         }
+        if self.attempts == 0 {
+            return Err(LoadError::Params(
+                "sweep needs at least one attempt per rate",
+            ));
+        }
         Ok(())
     }
 }
@@ -107,8 +118,8 @@ pub struct Search {
     pass: Option<f64>,
     /// Lowest rate that did not.
     fail: Option<f64>,
-    /// The rate last measured again because the generator lagged.
-    retried: Option<f64>,
+    /// The rate being measured and how many times it missed so far.
+    misses: Option<(f64, u8)>,
 }
 
 impl Search {
@@ -118,7 +129,7 @@ impl Search {
             p,
             pass: None,
             fail: None,
-            retried: None,
+            misses: None,
         }
     }
 }
@@ -132,9 +143,15 @@ impl Planner for Search {
             return None;
         }
         let rate = last.offered_rps;
-        if !last.meets_slo && last.generator_lagged && self.retried != Some(rate) {
-            self.retried = Some(rate);
-            return Some(rate);
+        if !last.meets_slo {
+            let missed = match self.misses {
+                Some((r, n)) if r == rate => n + 1,
+                _ => 1,
+            };
+            self.misses = Some((rate, missed));
+            if missed < self.p.attempts {
+                return Some(rate);
+            }
         }
         if last.meets_slo {
             self.pass = Some(self.pass.map_or(rate, |p| p.max(rate)));
@@ -297,14 +314,14 @@ mod tests {
             let k = knee(capacity);
             assert!(best <= k, "best {best} above the knee {k}");
             assert!(best >= k / 1.05, "best {best} not within 5 % of {k}");
-            assert!(r.points.len() <= 20);
+            assert!(r.points.len() <= 24);
         }
     }
 
     #[test]
     fn quick_search_is_bounded_and_close() {
         let points = run(SweepParams::quick(), 180_000.0);
-        assert!(points.len() <= 12, "{} points", points.len());
+        assert!(points.len() <= 16, "{} points", points.len());
         let best = points
             .iter()
             .filter(|p| p.meets_slo)
@@ -340,29 +357,34 @@ mod tests {
     }
 
     #[test]
-    fn a_point_failed_by_generator_lag_is_measured_once_more() {
+    fn a_missed_rate_is_measured_again_and_passes_if_any_attempt_does() {
         let mut search = Search::new(SweepParams::full());
         let mut done = Vec::new();
-        let mut lagged_once = false;
+        let mut paused = 0;
         while let Some(rate) = search.next_rate(&done) {
             let mut p = model(rate, 180_000.0, 500.0);
-            if rate == 20_000.0 && !lagged_once {
-                lagged_once = true;
-                p.generator_lagged = true;
+            // Two windows at 20 k/s hit a pause of the machine.
+            if rate == 20_000.0 && paused < 2 {
+                paused += 1;
+                p.latency_us.p99 = 3_000.0;
                 p.meets_slo = false;
             }
             done.push(p);
         }
         let rates: Vec<f64> = done.iter().map(|p| p.offered_rps).collect();
-        assert_eq!(rates[..4], [10_000.0, 20_000.0, 20_000.0, 40_000.0]);
-        // A generator that lags every time fails the point after one retry.
+        assert_eq!(
+            rates[..5],
+            [10_000.0, 20_000.0, 20_000.0, 20_000.0, 40_000.0]
+        );
+        // A rate that misses every time fails after `attempts` tries.
         let mut search = Search::new(SweepParams::full());
         let mut p = model(10_000.0, 180_000.0, 500.0);
         p.generator_lagged = true;
         p.meets_slo = false;
         assert_eq!(search.next_rate(&[]), Some(10_000.0));
         assert_eq!(search.next_rate(&[p.clone()]), Some(10_000.0));
-        assert_eq!(search.next_rate(&[p.clone(), p]), Some(5_000.0));
+        assert_eq!(search.next_rate(&[p.clone(), p.clone()]), Some(10_000.0));
+        assert_eq!(search.next_rate(&[p.clone(), p.clone(), p]), Some(5_000.0));
     }
 
     #[test]
@@ -372,6 +394,9 @@ mod tests {
         assert!(p.validate().is_err());
         let mut p = SweepParams::full();
         p.start_rps = p.max_rps * 2.0;
+        assert!(p.validate().is_err());
+        let mut p = SweepParams::full();
+        p.attempts = 0;
         assert!(p.validate().is_err());
     }
 }
