@@ -195,6 +195,22 @@ fn pin_thread(tid: libc::pid_t, core: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends SIGKILL to process `pid` (which need not be our child); a process
+/// that is already gone is not an error.
+pub fn kill_process(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill(2) takes no pointers; any pid value is safe to pass.
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Makes sure this process may open at least `needed` file descriptors,
 /// raising the soft RLIMIT_NOFILE up to the hard limit if that is required.
 /// Returns the soft limit now in force; fails with `InvalidInput` when even

@@ -23,17 +23,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use crate::bench::embedded::EmbeddedIxcpd;
 use crate::bench::ix_echo::sibling_binary;
 use crate::load::sweep::Search;
 use crate::load::{
     self, LoadParams, Planner, PointResult, SweepParams, SweepResult, Target, Transport,
     WorkloadKind, WorkloadSpec,
 };
+use control_plane::config::PortKind;
 
-/// The server's address on the memif wire of the `ix` system.
-const IX_SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
-/// The load generator's address on that wire.
-const IX_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
 /// memcached's port.
 const KVS_PORT: u16 = 11211;
 /// How long a server has to start answering.
@@ -250,12 +248,18 @@ impl<P: Planner> Planner for Progress<P> {
     }
 }
 
-/// A running server process and how the load generator reaches it.
+/// What runs a server.
+enum ServerProcess {
+    /// A process of ours (the Linux KVS, memcached).
+    Child(Child),
+    /// A dataplane launched by an embedded ixcpd.
+    Dataplane(EmbeddedIxcpd),
+}
+
+/// A running server and how the load generator reaches it.
 struct Server {
-    child: Child,
+    process: ServerProcess,
     target: Target,
-    /// The memif socket's directory, removed on drop.
-    dir: Option<PathBuf>,
 }
 
 impl Server {
@@ -264,37 +268,39 @@ impl Server {
         let cpu = params.server_core.to_string();
         match system {
             KvsSystem::Ix => {
-                let dir = std::env::temp_dir().join(format!(
-                    "ixctl-kvs-{}-{}",
-                    std::process::id(),
-                    unique()
-                ));
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                let sock = dir.join("memif.sock");
+                // ixkvs runs as a dataplane of an ixcpd of our own, on the
+                // built-in wire's `wire0` end; the load generator is the
+                // machine at the other end of the wire.
+                let mut ixcpd = EmbeddedIxcpd::start()?;
                 let bin = sibling_binary("ixkvs")?;
-                let mut cmd = Command::new(&bin);
-                cmd.args(["--stack", "ix", "--memif"])
-                    .arg(&sock)
-                    .args(["--ip", &IX_SERVER_IP.to_string()])
-                    .args(["--port", &KVS_PORT.to_string()])
-                    .args(["--cpu", &cpu, "-m", &memory]);
-                let mut server = Server {
-                    child: spawn(&mut cmd, &bin)?,
+                let args: Vec<String> = ["--stack", "ix", "--port", &KVS_PORT.to_string()]
+                    .iter()
+                    .map(|a| a.to_string())
+                    .chain(["-m".to_string(), memory])
+                    .collect();
+                let reply = ixcpd.launch("kvs", "wire0", &bin, &args)?;
+                let server_ip = ixcpd.port("wire0")?.ip;
+                let peer = ixcpd.port("wire0-peer")?;
+                let PortKind::Memif { socket: memif, .. } = &peer.kind else {
+                    bail!("the built-in wire0-peer is not a memif port");
+                };
+                let (memif, client_ip) = (memif.clone(), peer.ip);
+                // The generator takes a CPU the dataplane did not get.
+                let cpu = (0..2usize)
+                    .find(|c| !reply.dataplane.cpus.contains(&(*c as u32)))
+                    .unwrap_or(params.client_core);
+                Ok(Server {
+                    process: ServerProcess::Dataplane(ixcpd),
                     target: Target {
                         transport: Transport::Ix {
-                            memif: sock,
-                            ip: IX_CLIENT_IP,
+                            memif,
+                            ip: client_ip,
                         },
-                        server: SocketAddrV4::new(IX_SERVER_IP, KVS_PORT),
-                        server_pid: None,
-                        cpu: Some(params.client_core),
+                        server: SocketAddrV4::new(server_ip, KVS_PORT),
+                        server_pid: Some(reply.pid),
+                        cpu: Some(cpu),
                     },
-                    dir: Some(dir),
-                };
-                server.target.server_pid = Some(server.child.id());
-                wait_for_line(&mut server.child, "ixkvs: listening")?;
-                Ok(server)
+                })
             }
             KvsSystem::Linux => {
                 let bin = sibling_binary("ixkvs")?;
@@ -328,11 +334,11 @@ impl Server {
                 }
                 let child = spawn(&mut cmd, &bin)?;
                 let server = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-                let mut s = Server::over_loopback(child, server, params);
-                wait_for_connect(&mut s.child, server)?;
-                crate::sys::pin_process(s.child.id(), params.server_core)
+                let mut child = child;
+                wait_for_connect(&mut child, server)?;
+                crate::sys::pin_process(child.id(), params.server_core)
                     .context("pinning memcached")?;
-                Ok(s)
+                Ok(Server::over_loopback(child, server, params))
             }
         }
     }
@@ -340,21 +346,25 @@ impl Server {
     fn over_loopback(child: Child, server: SocketAddrV4, params: &KvsParams) -> Server {
         let pid = child.id();
         Server {
-            child,
+            process: ServerProcess::Child(child),
             target: Target {
                 transport: Transport::Linux,
                 server,
                 server_pid: Some(pid),
                 cpu: Some(params.client_core),
             },
-            dir: None,
         }
     }
 
     /// Stops the server; an exit before being asked is an error.
     fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait().context("waiting for the server")? {
-            bail!("the server exited during the run ({status})");
+        match &mut self.process {
+            ServerProcess::Child(child) => {
+                if let Some(status) = child.try_wait().context("waiting for the server")? {
+                    bail!("the server exited during the run ({status})");
+                }
+            }
+            ServerProcess::Dataplane(ixcpd) => ixcpd.check_running("kvs")?,
         }
         Ok(())
     }
@@ -362,10 +372,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
+        // The embedded ixcpd stops its dataplanes when dropped.
+        if let ServerProcess::Child(child) = &mut self.process {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -429,12 +439,6 @@ fn wait_for_connect(child: &mut Child, addr: SocketAddrV4) -> anyhow::Result<()>
 fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn which(program: &str) -> Option<PathBuf> {

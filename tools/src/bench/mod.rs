@@ -8,6 +8,7 @@
 //! waits for the whole echo, verifies it byte for byte and records the round
 //! trip in an HdrHistogram.
 
+pub mod embedded;
 pub mod ix_echo;
 pub mod kvs;
 pub mod linux_echo;
