@@ -25,7 +25,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_dtable, kvm_msr_entry, kvm_regs, kvm_segment, kvm_xcr, kvm_xcrs, Msrs};
+use kvm_bindings::{
+    kvm_dtable, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcr, kvm_xcrs, Msrs,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, MmapRegion, VolatileMemory};
 
@@ -168,6 +170,10 @@ pub struct Vcpu {
     stack: MmapRegion,
     /// [GDT, IDT, TSS][ring-0 stack]
     tables: MmapRegion,
+    /// The special registers of a fresh vCPU in ring 3; restored before
+    /// the next call after an exception left the vCPU in ring 0.
+    sregs: kvm_sregs,
+    in_ring0: bool,
     stats: VcpuStats,
     timings: VcpuTimings,
     /// `!Send`: the vCPU and the TLS it maps belong to this thread.
@@ -373,6 +379,8 @@ impl Vcpu {
             id,
             stack,
             tables,
+            sregs,
+            in_ring0: false,
             stats: VcpuStats::default(),
             timings: VcpuTimings { memory, registers },
             _thread: PhantomData,
@@ -452,6 +460,13 @@ impl Vcpu {
             .as_volatile_slice()
             .write_obj(self.vm.return_stub(), (rsp - start + PAGE_SIZE) as usize)
             .expect("return slot lies in the stack");
+        if self.in_ring0 {
+            self.fd.set_sregs(&self.sregs).map_err(|source| RunError::Kvm {
+                op: "KVM_SET_SREGS",
+                source,
+            })?;
+            self.in_ring0 = false;
+        }
         let regs = kvm_regs {
             rip: entry,
             rdi: arg,
@@ -594,6 +609,7 @@ impl Vcpu {
     /// The report of exception `vector`, from the frame the CPU pushed on
     /// the ring-0 stack and CR2.
     fn exception(&mut self, vector: u8) -> RunError {
+        self.in_ring0 = true;
         let frame_top = self.tables.len() - 8;
         let word = |i: usize| -> u64 {
             self.tables
@@ -625,6 +641,7 @@ impl Vcpu {
     }
 
     fn shutdown(&mut self) -> RunError {
+        self.in_ring0 = true;
         let regs = self.fd.get_regs().unwrap_or_default();
         self.report(FaultKind::Shutdown, None, None, regs.rip, regs.rsp)
     }
