@@ -145,7 +145,10 @@ mod tests {
         };
         let text = report.to_string();
         assert!(text.starts_with("#PF page fault (error code 0x7): write of 0x70000040 in rx pool [0x70000000..0x70010000) read-only"), "{text}");
-        assert!(text.ends_with("at rip 0x55551234, rsp 0x7ff00000"), "{text}");
+        assert!(
+            text.ends_with("at rip 0x55551234, rsp 0x7ff00000"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -162,6 +165,8 @@ mod tests {
             region: None,
             code_region: None,
         };
-        assert!(report.to_string().contains("read of 0x1000 (not mapped in the guest)"));
+        assert!(report
+            .to_string()
+            .contains("read of 0x1000 (not mapped in the guest)"));
     }
 }

@@ -133,7 +133,7 @@ impl PageTables {
     /// Maps every page of `[start, start + len)` to itself with `perms`.
     /// `start` and `len` are page-aligned.
     pub fn map(&mut self, start: u64, len: u64, perms: Perms) -> Result<(), PagingError> {
-        debug_assert!(start % PAGE_SIZE == 0 && len % PAGE_SIZE == 0);
+        debug_assert!(start.is_multiple_of(PAGE_SIZE) && len.is_multiple_of(PAGE_SIZE));
         let mut leaf = P | A | D;
         if perms.user {
             leaf |= US;

@@ -115,7 +115,7 @@ impl Region {
         if len == 0 {
             return Err(RegionError::Empty { name });
         }
-        if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        if !start.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(RegionError::Unaligned { name, start, len });
         }
         match start.checked_add(len) {
@@ -422,9 +422,14 @@ impl ProcessImage {
             } else if e.path.is_empty()
                 && e.write
                 && !e.shared
-                && last_data_of_object.as_ref().is_some_and(|(end, _)| *end == e.start)
+                && last_data_of_object
+                    .as_ref()
+                    .is_some_and(|(end, _)| *end == e.start)
             {
-                let object = last_data_of_object.take().map(|(_, p)| p).unwrap_or_default();
+                let object = last_data_of_object
+                    .take()
+                    .map(|(_, p)| p)
+                    .unwrap_or_default();
                 Some((
                     false,
                     Region::new(
@@ -570,7 +575,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
     #[test]
     fn current_image_contains_this_function() {
         let img = ProcessImage::current().unwrap();
-        let here = current_image_contains_this_function as usize as u64;
+        let here = current_image_contains_this_function as *const () as u64;
         let hit = img.code_and_rodata.iter().find(|r| r.contains(here));
         assert_eq!(hit.map(|r| r.access()), Some(Access::Code));
     }
@@ -594,7 +599,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             Err(RegionError::OutOfRange { .. })
         ));
         assert!(matches!(
-            Region::new("a", u64::MAX & !0xfff, 0x2000, Access::ReadOnly),
+            Region::new("a", !0xfff, 0x2000, Access::ReadOnly),
             Err(RegionError::OutOfRange { .. })
         ));
     }
@@ -632,6 +637,8 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             pieces,
             vec![(0x1000, 0x2000), (0x3000, 0x4000), (0x5000, 0x6000)]
         );
-        assert!(t.uncovered(&r("x", 0x2000, 0x1000, Access::Code)).is_empty());
+        assert!(t
+            .uncovered(&r("x", 0x2000, 0x1000, Access::Code))
+            .is_empty());
     }
 }

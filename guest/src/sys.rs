@@ -125,7 +125,11 @@ pub(crate) unsafe fn raw_syscall(nr: i64, args: [u64; 6]) -> i64 {
         )
     };
     if rc == -1 {
-        -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        -i64::from(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
     } else {
         rc
     }
@@ -145,7 +149,13 @@ pub(crate) fn populate(region: &Region) -> std::io::Result<()> {
     // SAFETY: MADV_POPULATE_* only faults pages in (as a read or a write
     // access that stores nothing would); it changes no data and no mapping.
     // The range is a page-aligned region of this process.
-    let rc = unsafe { libc::madvise(region.start() as *mut libc::c_void, region.len() as usize, advice) };
+    let rc = unsafe {
+        libc::madvise(
+            region.start() as *mut libc::c_void,
+            region.len() as usize,
+            advice,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {

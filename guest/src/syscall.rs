@@ -114,12 +114,20 @@ fn n(nr: i64) -> u64 {
 
 /// Decides on `req` against `policy` and the guest's `regions`. Regions
 /// are only ever added, so a pointer found valid stays valid.
-pub(crate) fn decide(policy: &SyscallPolicy, regions: &RegionTable, req: &SyscallRequest) -> Decision {
+pub(crate) fn decide(
+    policy: &SyscallPolicy,
+    regions: &RegionTable,
+    req: &SyscallRequest,
+) -> Decision {
     let a = req.args;
     let ok = |addr: u64, len: u64, need: Need| regions.allows(addr, len, need);
     match req.nr {
         nr if nr == n(libc::SYS_write) => {
-            if !policy.write_fds.iter().any(|&fd| i64::from(fd) == a[0] as i64) {
+            if !policy
+                .write_fds
+                .iter()
+                .any(|&fd| i64::from(fd) == a[0] as i64)
+            {
                 Decision::Deny
             } else if !ok(a[1], a[2], Need::Read) {
                 Decision::BadPointer
@@ -157,7 +165,11 @@ pub(crate) fn decide(policy: &SyscallPolicy, regions: &RegionTable, req: &Syscal
 }
 
 /// Carries out `decision` for `req`, counting the outcome in `stats`.
-pub(crate) fn carry_out(req: &SyscallRequest, decision: Decision, stats: &mut SyscallStats) -> Verdict {
+pub(crate) fn carry_out(
+    req: &SyscallRequest,
+    decision: Decision,
+    stats: &mut SyscallStats,
+) -> Verdict {
     match decision {
         Decision::Forward => {
             stats.forwarded += 1;
@@ -199,7 +211,10 @@ mod tests {
     }
 
     fn req(nr: i64, args: [u64; 6]) -> SyscallRequest {
-        SyscallRequest { nr: nr as u64, args }
+        SyscallRequest {
+            nr: nr as u64,
+            args,
+        }
     }
 
     /// A table holding one page-aligned buffer of ours, read-write, and
@@ -351,7 +366,12 @@ mod tests {
     fn open_and_openat_are_denied() {
         let f = fixture();
         let mut stats = SyscallStats::default();
-        for nr in [libc::SYS_open, libc::SYS_openat, libc::SYS_mmap, libc::SYS_kill] {
+        for nr in [
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_mmap,
+            libc::SYS_kill,
+        ] {
             let v = handle(
                 &SyscallPolicy::default(),
                 &f.table,

@@ -34,8 +34,8 @@ use vm_memory::{Bytes, MmapRegion, VolatileMemory};
 use crate::fault::{FaultKind, FaultReport, Touch};
 use crate::paging::Perms;
 use crate::region::{page_down, page_up, parse_maps, Access, Region, PAGE_SIZE};
-use crate::syscall::{self, SyscallRequest, SyscallStats, Verdict};
 use crate::sys;
+use crate::syscall::{self, SyscallRequest, SyscallStats, Verdict};
 use crate::vm::{Vm, VmError, EXIT_RETURN, EXIT_SYSCALL};
 use crate::x86;
 
@@ -47,6 +47,10 @@ const RFLAGS_USER_MASK: u64 = 0x0004_0fd5;
 const TCB_BYTES: u64 = 4096;
 /// Static TLS the C library may hand to objects loaded later (its surplus).
 const TLS_SURPLUS: u64 = 4096;
+/// Bytes kept free above the first return address: a callee may read its
+/// caller's outgoing stack arguments there (glibc's variadic `syscall`
+/// loads its seventh argument from `8(%rsp)` whether or not it was passed).
+const CALLER_AREA: u64 = 64;
 
 /// Errors in setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +199,8 @@ const TSS_OFFSET: usize = 0x400;
 
 impl Vcpu {
     pub(crate) fn new(vm: Arc<Vm>, id: u64, config: VcpuConfig) -> Result<Self, VcpuError> {
-        if config.stack_bytes < 16 * 1024 || config.stack_bytes % PAGE_SIZE as usize != 0 {
+        if config.stack_bytes < 16 * 1024 || !config.stack_bytes.is_multiple_of(PAGE_SIZE as usize)
+        {
             return Err(VcpuError::Stack(config.stack_bytes));
         }
         let t0 = Instant::now();
@@ -240,7 +245,12 @@ impl Vcpu {
             exec: false,
         };
         map(
-            Region::new(format!("vcpu {id} tables"), tables_at, PAGE_SIZE, Access::ReadOnly),
+            Region::new(
+                format!("vcpu {id} tables"),
+                tables_at,
+                PAGE_SIZE,
+                Access::ReadOnly,
+            ),
             sup(false),
         )?;
         map(
@@ -269,7 +279,8 @@ impl Vcpu {
         let fs = if config.map_tls {
             let fs = sys::fs_base().map_err(|source| VcpuError::Tls { id, source })?;
             let tls = tls_region(id, fs).map_err(|source| VcpuError::Tls { id, source })?;
-            vm.map(tls).map_err(|source| VcpuError::Map { id, source })?;
+            vm.map(tls)
+                .map_err(|source| VcpuError::Map { id, source })?;
             fs
         } else {
             0
@@ -278,8 +289,12 @@ impl Vcpu {
 
         let t1 = Instant::now();
         let kvm_err = |op| move |source| VcpuError::Kvm { id, op, source };
-        let fd = vm.fd().create_vcpu(id).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        fd.set_cpuid2(vm.cpuid()).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let fd = vm
+            .fd()
+            .create_vcpu(id)
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        fd.set_cpuid2(vm.cpuid())
+            .map_err(kvm_err("KVM_SET_CPUID2"))?;
         let mut xcrs = kvm_xcrs {
             nr_xcrs: 1,
             ..Default::default()
@@ -429,7 +444,7 @@ impl Vcpu {
     pub unsafe fn call(&mut self, f: extern "C" fn(u64) -> u64, arg: u64) -> Result<u64, RunError> {
         let (_, top) = self.stack_range();
         // SAFETY: forwarded to this function's contract.
-        unsafe { self.enter(f as usize as u64, arg, top) }
+        unsafe { self.enter(f as usize as u64, arg, top - CALLER_AREA) }
     }
 
     /// Reserves `size` bytes aligned to `align` at the top of the guest
@@ -438,7 +453,7 @@ impl Vcpu {
     pub(crate) fn reserve_top(&self, size: usize, align: usize) -> Result<u64, RunError> {
         let (start, top) = self.stack_range();
         let align = align.max(16) as u64;
-        let at = top
+        let at = (top - CALLER_AREA)
             .checked_sub(size as u64)
             .map(|a| a & !(align - 1))
             .filter(|&a| a >= start + 4096)
@@ -452,7 +467,12 @@ impl Vcpu {
     /// # Safety
     ///
     /// As [`Vcpu::call`], for `entry` being an `extern "C" fn(u64) -> u64`.
-    pub(crate) unsafe fn enter(&mut self, entry: u64, arg: u64, below: u64) -> Result<u64, RunError> {
+    pub(crate) unsafe fn enter(
+        &mut self,
+        entry: u64,
+        arg: u64,
+        below: u64,
+    ) -> Result<u64, RunError> {
         let (start, top) = self.stack_range();
         debug_assert!(below > start && below <= top);
         let rsp = (below & !15) - 8;
@@ -461,10 +481,12 @@ impl Vcpu {
             .write_obj(self.vm.return_stub(), (rsp - start + PAGE_SIZE) as usize)
             .expect("return slot lies in the stack");
         if self.in_ring0 {
-            self.fd.set_sregs(&self.sregs).map_err(|source| RunError::Kvm {
-                op: "KVM_SET_SREGS",
-                source,
-            })?;
+            self.fd
+                .set_sregs(&self.sregs)
+                .map_err(|source| RunError::Kvm {
+                    op: "KVM_SET_SREGS",
+                    source,
+                })?;
             self.in_ring0 = false;
         }
         let regs = kvm_regs {
@@ -622,14 +644,17 @@ impl Vcpu {
         let error_code = x86::has_error_code(vector).then(|| word(5));
         let (address, touch) = if vector == 14 {
             let cr2 = self.fd.get_sregs().map(|s| s.cr2).unwrap_or(0);
-            (
-                Some(cr2),
-                error_code.map(FaultReport::touch_from_pf_error),
-            )
+            (Some(cr2), error_code.map(FaultReport::touch_from_pf_error))
         } else {
             (None, None)
         };
-        self.report(FaultKind::Exception { vector, error_code }, address, touch, rip, rsp)
+        self.report(
+            FaultKind::Exception { vector, error_code },
+            address,
+            touch,
+            rip,
+            rsp,
+        )
     }
 
     /// The report of an access to an address with page-table entries but
@@ -637,7 +662,13 @@ impl Vcpu {
     fn unbacked(&mut self, addr: u64, write: bool) -> RunError {
         let regs = self.fd.get_regs().unwrap_or_default();
         let touch = if write { Touch::Write } else { Touch::Read };
-        self.report(FaultKind::Unbacked, Some(addr), Some(touch), regs.rip, regs.rsp)
+        self.report(
+            FaultKind::Unbacked,
+            Some(addr),
+            Some(touch),
+            regs.rip,
+            regs.rsp,
+        )
     }
 
     fn shutdown(&mut self) -> RunError {
@@ -686,6 +717,11 @@ fn tls_region(id: u64, fs: u64) -> std::io::Result<Region> {
         .ok_or_else(|| std::io::Error::other(format!("thread pointer {fs:#x} is not mapped")))?;
     let start = page_down(fs.saturating_sub(below)).max(holder.start);
     let end = page_up(fs + TCB_BYTES).min(holder.end);
-    Region::new(format!("vcpu {id} TLS"), start, end - start, Access::ReadWrite)
-        .map_err(std::io::Error::other)
+    Region::new(
+        format!("vcpu {id} TLS"),
+        start,
+        end - start,
+        Access::ReadWrite,
+    )
+    .map_err(std::io::Error::other)
 }

@@ -34,8 +34,8 @@ use crate::paging::{PageTables, PagingError, Perms};
 use crate::region::{
     parse_maps, Access, MapsEntry, MapsError, Region, RegionError, RegionTable, PAGE_SIZE,
 };
-use crate::syscall::SyscallPolicy;
 use crate::sys;
+use crate::syscall::SyscallPolicy;
 use crate::vcpu::{Vcpu, VcpuConfig, VcpuError};
 use crate::x86;
 
@@ -161,7 +161,10 @@ impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vm")
             .field("regions", &self.regions().len())
-            .field("user_exit_page", &format_args!("{:#x}", self.user_exit_page()))
+            .field(
+                "user_exit_page",
+                &format_args!("{:#x}", self.user_exit_page()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -374,6 +377,13 @@ impl Vm {
     /// the page is mapped.
     pub fn page_rights(&self, addr: u64) -> Option<Perms> {
         self.lock().tables.translate(addr)
+    }
+
+    /// The page-table arena `(start, len)`: a read-only memory slot mapped
+    /// at no guest virtual address (for audits and tests).
+    pub fn page_table_arena(&self) -> (u64, u64) {
+        let map = self.lock();
+        (map.tables.base(), map.tables.arena_len())
     }
 
     /// Creates a vCPU for the calling thread (see [`Vcpu`]).

@@ -222,7 +222,10 @@ mod tests {
     fn interrupt_gate_holds_the_handler_address() {
         let h = 0x7fab_cdef_1234u64;
         let [lo, hi] = interrupt_gate(h);
-        assert_eq!((lo & 0xffff) | (((lo >> 48) & 0xffff) << 16) | (hi << 32), h);
+        assert_eq!(
+            (lo & 0xffff) | (((lo >> 48) & 0xffff) << 16) | (hi << 32),
+            h
+        );
         assert_eq!((lo >> 16) & 0xffff, u64::from(KERNEL_CS));
         assert_eq!((lo >> 40) & 0xff, 0x8e);
     }
