@@ -377,81 +377,60 @@ pub struct ProcessImage {
     /// ([`Access::ReadOnly`]); `[vdso]` as code, `[vvar]`/`[vvar_vclock]`
     /// read-only so the vDSO clock works without a system call.
     pub code_and_rodata: Vec<Region>,
-    /// Writable data of the same objects: their `rw-p` file mappings and
-    /// the anonymous `.bss` mapping that follows each ([`Access::ReadWrite`]).
+    /// Writable data of the same objects ([`Access::ReadWrite`]): the parts
+    /// of private writable mappings that lie in an object's writable
+    /// `PT_LOAD` segment. The bound matters: the kernel merges an object's
+    /// `.bss` with any anonymous mapping placed right after it, so the
+    /// maps line alone may cover unrelated memory.
     pub data: Vec<Region>,
 }
 
 impl ProcessImage {
-    /// Reads `/proc/self/maps`.
+    /// Reads `/proc/self/maps` and the loaded objects' program headers.
     pub fn current() -> Result<Self, MapsError> {
         let text = std::fs::read_to_string("/proc/self/maps")?;
-        Ok(Self::from_entries(&parse_maps(&text)?))
+        Ok(Self::from_entries(
+            &parse_maps(&text)?,
+            &crate::sys::writable_segments(),
+        ))
     }
 
     /// Classifies parsed maps entries. An *object* is a file with at least
     /// one executable mapping; other files (locale archives, data files the
-    /// program mapped) are not part of the image.
-    pub fn from_entries(entries: &[MapsEntry]) -> Self {
+    /// program mapped) are not part of the image. `writable_segments` are
+    /// the objects' writable `PT_LOAD` ranges `[start, end)` in memory.
+    pub fn from_entries(entries: &[MapsEntry], writable_segments: &[(u64, u64)]) -> Self {
         let objects: Vec<&str> = entries
             .iter()
             .filter(|e| e.exec && e.path.starts_with('/'))
             .map(|e| e.path.as_str())
             .collect();
         let mut image = ProcessImage::default();
-        let mut last_data_of_object: Option<(u64, String)> = None;
         for e in entries {
             if e.end > USER_ADDRESS_LIMIT || !e.read {
-                last_data_of_object = None;
                 continue;
             }
             let is_object = objects.contains(&e.path.as_str());
-            let name = if e.path.is_empty() {
-                String::from("[anon]")
-            } else {
-                e.path.clone()
-            };
-            let region = |access| Region::new(name.clone(), e.start, e.end - e.start, access);
             let pseudo_ro = e.path == "[vvar]" || e.path == "[vvar_vclock]";
-            let classified = if (is_object || e.path == "[vdso]") && e.exec && !e.write {
-                Some((true, region(Access::Code)))
+            let region = |access| Region::new(e.path.clone(), e.start, e.end - e.start, access);
+            if (is_object || e.path == "[vdso]") && e.exec && !e.write {
+                image.code_and_rodata.extend(region(Access::Code));
             } else if (is_object && !e.write && !e.shared) || (pseudo_ro && !e.write) {
-                Some((true, region(Access::ReadOnly)))
-            } else if is_object && e.write && !e.shared {
-                Some((false, region(Access::ReadWrite)))
-            } else if e.path.is_empty()
-                && e.write
-                && !e.shared
-                && last_data_of_object
-                    .as_ref()
-                    .is_some_and(|(end, _)| *end == e.start)
-            {
-                let object = last_data_of_object
-                    .take()
-                    .map(|(_, p)| p)
-                    .unwrap_or_default();
-                Some((
-                    false,
-                    Region::new(
-                        format!("{object} (bss)"),
-                        e.start,
-                        e.end - e.start,
-                        Access::ReadWrite,
-                    ),
-                ))
-            } else {
-                None
-            };
-            last_data_of_object = if is_object && e.write {
-                Some((e.end, e.path.clone()))
-            } else {
-                None
-            };
-            if let Some((ro, Ok(r))) = classified {
-                if ro {
-                    image.code_and_rodata.push(r);
-                } else {
-                    image.data.push(r);
+                image.code_and_rodata.extend(region(Access::ReadOnly));
+            } else if e.write && !e.shared && (is_object || e.path.is_empty()) {
+                for &(seg_start, seg_end) in writable_segments {
+                    let start = page_down(seg_start).max(e.start);
+                    let end = page_up(seg_end).min(e.end);
+                    if start < end {
+                        let name = if e.path.is_empty() {
+                            String::from("[bss]")
+                        } else {
+                            e.path.clone()
+                        };
+                        image
+                            .data
+                            .extend(Region::new(name, start, end - start, Access::ReadWrite));
+                    }
                 }
             }
         }
@@ -535,7 +514,8 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
 
     #[test]
     fn image_holds_object_code_rodata_and_vdso_only() {
-        let img = ProcessImage::from_entries(&parse_maps(MAPS).unwrap());
+        let img = ProcessImage::from_entries(&parse_maps(MAPS).unwrap(), &[]);
+        assert!(img.data.is_empty());
         let names: Vec<(&str, Access)> = img
             .code_and_rodata
             .iter()
@@ -557,19 +537,44 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
     }
 
     #[test]
-    fn image_data_includes_bss_after_object_data_but_not_heap_or_stack() {
-        let img = ProcessImage::from_entries(&parse_maps(MAPS).unwrap());
-        let data: Vec<(&str, u64)> = img.data.iter().map(|r| (r.name(), r.start())).collect();
+    fn image_data_is_bounded_by_the_writable_segments() {
+        // head's data+bss segment ends inside the anonymous line (which the
+        // kernel merged with a later mapping); libc's ends in its bss line.
+        let segments = [
+            (0x562471a0e2a0, 0x562471a0f4c8),
+            (0x7f3681102ab0, 0x7f3681110a10),
+            (0x5624a86fd000, 0x5624a86fe000),
+        ];
+        let img = ProcessImage::from_entries(&parse_maps(MAPS).unwrap(), &segments);
+        let data: Vec<(&str, u64, u64)> = img
+            .data
+            .iter()
+            .map(|r| (r.name(), r.start(), r.end()))
+            .collect();
         assert_eq!(
             data,
             vec![
-                ("/usr/bin/head", 0x562471a0e000),
-                ("/usr/bin/head (bss)", 0x562471a0f000),
-                ("/usr/lib/x86_64-linux-gnu/libc.so.6", 0x7f3681102000),
-                ("/usr/lib/x86_64-linux-gnu/libc.so.6 (bss)", 0x7f3681104000),
-            ]
+                ("/usr/bin/head", 0x562471a0e000, 0x562471a0f000),
+                ("[bss]", 0x562471a0f000, 0x562471a10000),
+                (
+                    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                    0x7f3681102000,
+                    0x7f3681104000
+                ),
+                ("[bss]", 0x7f3681104000, 0x7f3681111000),
+            ],
+            "the heap line is not an object's, even inside a segment"
         );
         assert!(img.data.iter().all(|r| r.access() == Access::ReadWrite));
+    }
+
+    #[test]
+    fn current_image_data_holds_this_programs_statics() {
+        static mut COUNTER: u64 = 0;
+        let img = ProcessImage::current().unwrap();
+        let addr = &raw const COUNTER as u64;
+        assert!(img.data.iter().any(|r| r.contains(addr)));
+        assert!(img.code_and_rodata.iter().all(|r| !r.contains(addr)));
     }
 
     #[test]

@@ -102,6 +102,42 @@ pub(crate) fn static_tls_bytes() -> u64 {
     total
 }
 
+/// The writable `PT_LOAD` segments of every loaded object, as address
+/// ranges `[start, end)` (end not rounded: `.bss` may end mid-page).
+pub(crate) fn writable_segments() -> Vec<(u64, u64)> {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        out: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid `dl_phdr_info` whose
+        // `dlpi_phdr` points at `dlpi_phnum` program headers, and `out` is
+        // the `&mut Vec` given below, live for the whole iteration.
+        unsafe {
+            let info = &*info;
+            let out = &mut *(out as *mut Vec<(u64, u64)>);
+            for i in 0..usize::from(info.dlpi_phnum) {
+                let ph = &*info.dlpi_phdr.add(i);
+                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_W != 0 {
+                    let start = info.dlpi_addr.wrapping_add(ph.p_vaddr);
+                    out.push((start, start.wrapping_add(ph.p_memsz)));
+                }
+            }
+        }
+        0
+    }
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    // SAFETY: `each` matches the callback type and only reads what the
+    // loader passes; `out` outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(each),
+            &mut out as *mut Vec<(u64, u64)> as *mut libc::c_void,
+        )
+    };
+    out
+}
+
 /// Runs system call `nr` with `args` on this thread and returns the
 /// kernel's answer: the result, or `-errno`.
 ///

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{
     kvm_dtable, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcr, kvm_xcrs, Msrs,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{Cap, SyncReg, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, MmapRegion, VolatileMemory};
 
 use crate::fault::{FaultKind, FaultReport, Touch};
@@ -178,6 +178,9 @@ pub struct Vcpu {
     /// the next call after an exception left the vCPU in ring 0.
     sregs: kvm_sregs,
     in_ring0: bool,
+    /// KVM copies the general registers to and from the `kvm_run` page
+    /// (`KVM_CAP_SYNC_REGS`), saving two ioctls per system call.
+    sync_regs: bool,
     stats: VcpuStats,
     timings: VcpuTimings,
     /// `!Send`: the vCPU and the TLS it maps belong to this thread.
@@ -387,6 +390,11 @@ impl Vcpu {
                 source: kvm_ioctls::Error::new(libc::EINVAL),
             });
         }
+        let mut fd = fd;
+        let sync_regs = vm.fd().check_extension(Cap::SyncRegs);
+        if sync_regs {
+            fd.set_sync_valid_reg(SyncReg::Register);
+        }
         let registers = t1.elapsed();
         Ok(Vcpu {
             vm,
@@ -396,6 +404,7 @@ impl Vcpu {
             tables,
             sregs,
             in_ring0: false,
+            sync_regs,
             stats: VcpuStats::default(),
             timings: VcpuTimings { memory, registers },
             _thread: PhantomData,
@@ -496,10 +505,7 @@ impl Vcpu {
             rflags: x86::RFLAGS_DEFAULT,
             ..Default::default()
         };
-        self.fd.set_regs(&regs).map_err(|source| RunError::Kvm {
-            op: "KVM_SET_REGS",
-            source,
-        })?;
+        self.store_regs(&regs)?;
         self.stats.calls += 1;
         self.run()
     }
@@ -602,10 +608,7 @@ impl Vcpu {
     /// Serves a system call: registers in, allow-list, result out, resume
     /// at RCX.
     fn syscall(&mut self) -> Result<(), RunError> {
-        let mut regs = self.fd.get_regs().map_err(|source| RunError::Kvm {
-            op: "KVM_GET_REGS",
-            source,
-        })?;
+        let mut regs = self.load_regs()?;
         let req = SyscallRequest {
             nr: regs.rax,
             args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
@@ -620,12 +623,35 @@ impl Vcpu {
                 regs.rax = rax as u64;
                 regs.rip = regs.rcx;
                 regs.rflags = (regs.r11 & RFLAGS_USER_MASK) | x86::RFLAGS_DEFAULT;
-                self.fd.set_regs(&regs).map_err(|source| RunError::Kvm {
-                    op: "KVM_SET_REGS",
-                    source,
-                })
+                self.store_regs(&regs)
             }
         }
+    }
+
+    /// The guest's registers at the last exit: from the shared `kvm_run`
+    /// page when KVM syncs them there (no ioctl), else `KVM_GET_REGS`.
+    fn load_regs(&mut self) -> Result<kvm_regs, RunError> {
+        if self.sync_regs {
+            return Ok(self.fd.sync_regs().regs);
+        }
+        self.fd.get_regs().map_err(|source| RunError::Kvm {
+            op: "KVM_GET_REGS",
+            source,
+        })
+    }
+
+    /// Sets the registers the next `KVM_RUN` starts with: through the
+    /// `kvm_run` page when KVM syncs them (no ioctl), else `KVM_SET_REGS`.
+    fn store_regs(&mut self, regs: &kvm_regs) -> Result<(), RunError> {
+        if self.sync_regs {
+            self.fd.sync_regs_mut().regs = *regs;
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+            return Ok(());
+        }
+        self.fd.set_regs(regs).map_err(|source| RunError::Kvm {
+            op: "KVM_SET_REGS",
+            source,
+        })
     }
 
     /// The report of exception `vector`, from the frame the CPU pushed on
