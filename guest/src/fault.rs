@@ -65,6 +65,8 @@ pub struct FaultReport {
     pub region: Option<Region>,
     /// The mapping holding `rip`, if any.
     pub code_region: Option<Region>,
+    /// The address lies in the unmapped guard page below the vCPU's stack.
+    pub stack_overflow: bool,
 }
 
 impl FaultReport {
@@ -99,6 +101,9 @@ impl fmt::Display for FaultReport {
             }
             match &self.region {
                 Some(r) => write!(f, " in {r}")?,
+                None if self.stack_overflow => {
+                    f.write_str(" (guard page below the vCPU stack: stack overflow)")?
+                }
                 None => f.write_str(" (not mapped in the guest)")?,
             }
         }
@@ -142,6 +147,7 @@ mod tests {
             rsp: 0x7ff0_0000,
             region: Some(rx),
             code_region: None,
+            stack_overflow: false,
         };
         let text = report.to_string();
         assert!(text.starts_with("#PF page fault (error code 0x7): write of 0x70000040 in rx pool [0x70000000..0x70010000) read-only"), "{text}");
@@ -164,9 +170,15 @@ mod tests {
             rsp: 2,
             region: None,
             code_region: None,
+            stack_overflow: false,
         };
         assert!(report
             .to_string()
             .contains("read of 0x1000 (not mapped in the guest)"));
+        let overflow = FaultReport {
+            stack_overflow: true,
+            ..report
+        };
+        assert!(overflow.to_string().contains("stack overflow"));
     }
 }

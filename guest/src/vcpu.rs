@@ -711,6 +711,7 @@ impl Vcpu {
         rip: u64,
         rsp: u64,
     ) -> RunError {
+        let (start, _) = self.stack_range();
         let map = self.vm.lock();
         RunError::Fault(Box::new(FaultReport {
             kind,
@@ -720,6 +721,7 @@ impl Vcpu {
             rsp,
             region: address.and_then(|a| map.regions.find(a).cloned()),
             code_region: map.regions.find(rip).cloned(),
+            stack_overflow: address.is_some_and(|a| a < start && a >= start - PAGE_SIZE),
         }))
     }
 }

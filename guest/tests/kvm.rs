@@ -704,4 +704,137 @@ fn runtime_runs_a_closure_on_the_threads_vcpu() {
     // SAFETY: as the first run.
     let again = unsafe { thread.run(move || base * 2) }.unwrap();
     assert_eq!(again, 20);
+    let before = thread.vcpu().stats().clone();
+    let clock_loop = || {
+        let start = Instant::now();
+        let mut turns = 0u64;
+        while start.elapsed() < Duration::from_millis(20) {
+            turns += 1;
+        }
+        turns
+    };
+    // SAFETY: the loop reads the clock through the vDSO (mapped).
+    let turns = unsafe { thread.run(clock_loop) }.unwrap();
+    let after = thread.vcpu().stats();
+    assert!(turns > 1000, "{turns} clock reads in 20 ms");
+    assert_eq!(after.exits - before.exits, 1, "only the return exits");
+    assert_eq!(after.syscalls.forwarded, before.syscalls.forwarded);
+}
+
+#[test]
+fn memory_mapped_while_the_vcpu_lives_becomes_reachable() {
+    if !kvm() {
+        return;
+    }
+    let vm = image_vm(SyscallPolicy::default(), false);
+    let arena = pages(2);
+    let more = pages(2);
+    more.as_volatile_slice().write_obj(99u64, 4096).unwrap();
+    vm.map(region("heap arena", &arena, Access::ReadWrite))
+        .unwrap();
+    let mut vcpu = vm.create_vcpu(VcpuConfig::default()).unwrap();
+    vcpu.prefault().unwrap();
+    let addr = more.as_ptr() as u64 + 4096;
+    // SAFETY: read_u64 only reads; before the mapping it faults.
+    let report = fault(unsafe { vcpu.call(read_u64, addr) });
+    assert_eq!((report.address, report.region), (Some(addr), None));
+    vm.map(region("heap arena (grown)", &more, Access::ReadWrite))
+        .unwrap();
+    // SAFETY: as above; now mapped.
+    assert_eq!(unsafe { vcpu.call(read_u64, addr) }.unwrap(), 99);
+    // SAFETY: write_u64 writes the mapped page.
+    unsafe { vcpu.call(write_u64, addr) }.unwrap();
+    assert_eq!(
+        more.as_volatile_slice().read_obj::<u64>(4096).unwrap(),
+        0xdead_beef
+    );
+}
+
+extern "C" fn recurse(depth: u64) -> u64 {
+    let mut frame = [0u8; 4096];
+    black_box(&mut frame);
+    if depth == 0 {
+        return u64::from(frame[0]);
+    }
+    recurse(black_box(depth - 1)) + u64::from(frame[depth as usize % 4096])
+}
+
+#[test]
+fn stack_overflow_hits_the_guard_page_and_is_reported() {
+    if !kvm() {
+        return;
+    }
+    // The frames are zeroed by glibc's memset, which reads libc's data.
+    let vm = image_vm(SyscallPolicy::default(), true);
+    let mut vcpu = vm
+        .create_vcpu(VcpuConfig {
+            stack_bytes: 64 * 1024,
+            ..VcpuConfig::default()
+        })
+        .unwrap();
+    // SAFETY: recurse uses only its stack.
+    assert_eq!(unsafe { vcpu.call(recurse, 4) }.unwrap(), 0);
+    // SAFETY: as above; 64 frames of 4 KiB overflow the 64 KiB stack.
+    let report = fault(unsafe { vcpu.call(recurse, 64) });
+    eprintln!("report: {report}");
+    let (start, _) = vcpu.stack_range();
+    let addr = report.address.unwrap();
+    assert!(
+        addr < start && addr >= start - 4096,
+        "{addr:#x} in the guard page below {start:#x}"
+    );
+    assert_eq!(report.region, None);
+    assert!(report.stack_overflow);
+    assert!(report.to_string().contains("stack overflow"), "{report}");
+}
+
+extern "C" fn touch_all(arena: u64) -> u64 {
+    // SAFETY: `arena` points at 8 MiB of mapped guest memory.
+    unsafe {
+        for page in 0..2048 {
+            std::ptr::read_volatile((arena + page * 4096) as *const u8);
+        }
+    }
+    2048
+}
+
+#[test]
+fn prefaulting_removes_first_touch_costs() {
+    if !kvm() {
+        return;
+    }
+    let vm = image_vm(SyscallPolicy::default(), false);
+    let arena = pages(2048);
+    let base = arena.as_ptr() as u64;
+    vm.map(region("arena", &arena, Access::ReadWrite)).unwrap();
+    let mut vcpu = vm.create_vcpu(VcpuConfig::default()).unwrap();
+    let time = |vcpu: &mut guest::Vcpu| {
+        let t = Instant::now();
+        // SAFETY: touch_all reads the mapped arena.
+        unsafe { vcpu.call(touch_all, base) }.unwrap();
+        t.elapsed()
+    };
+    let exits = vcpu.stats().exits;
+    let first = time(&mut vcpu);
+    let second = time(&mut vcpu);
+    assert_eq!(
+        vcpu.stats().exits - exits,
+        2,
+        "page faults never reach the VMM"
+    );
+    let arena2 = pages(2048);
+    vm.map(region("arena 2", &arena2, Access::ReadWrite))
+        .unwrap();
+    let t = Instant::now();
+    vcpu.prefault().unwrap();
+    let prefault = t.elapsed();
+    let base2 = arena2.as_ptr() as u64;
+    let t = Instant::now();
+    // SAFETY: as above.
+    unsafe { vcpu.call(touch_all, base2) }.unwrap();
+    let after_prefault = t.elapsed();
+    eprintln!(
+        "2048 pages: first touch {first:?}, again {second:?}; prefault of the VM {prefault:?}, \
+         then first touch of a prefaulted arena {after_prefault:?}"
+    );
 }
