@@ -44,7 +44,10 @@
 //! - **Threads**: one vCPU per host thread ([`Vcpu`] is not `Send`), each
 //!   with its own guest stack (a guard page below it), its thread's TLS,
 //!   its own GDT/IDT/TSS and ring-0 stack. Regions can be added while
-//!   vCPUs run (slot first, then page-table entries written atomically).
+//!   vCPUs run (slot first, then page-table entries written atomically)
+//!   and taken out ([`Vm::unmap`]: entries cleared, then the slot deleted,
+//!   which makes KVM drop its shadow entries); a vCPU takes its stack,
+//!   tables and TLS out of the VM when dropped.
 //!
 //! Deviation from IX: IX ran the dataplane in VMX non-root ring 0 and the
 //! application in ring 3. On this machine class `/dev/kvm` is kvm_pvm
@@ -173,8 +176,9 @@
 //!
 //! - Stopping a guest that does not return (a kick with `immediate_exit`
 //!   and a signal); the loop is expected to poll its command slot.
-//! - The arena allocator and its grow request; removing or shrinking
-//!   mappings (needs a guest TLB flush and KVM's shadow tables resynced).
+//! - The arena allocator and its grow request. ([`Vm::unmap`] takes whole
+//!   regions out, by clearing their entries and deleting their slots;
+//!   changing a mapping's rights in place is not supported.)
 //! - Wiring into libix's elastic threads and `--isolation kvm|process`.
 
 #![warn(missing_docs)]

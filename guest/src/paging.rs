@@ -162,6 +162,33 @@ impl PageTables {
         Ok(())
     }
 
+    /// Clears the leaf entries of `[start, start + len)` (pages not mapped
+    /// are skipped; table pages stay allocated). The caller makes the
+    /// change visible to vCPUs (deleting the memory slot makes KVM drop
+    /// its shadow entries and flush).
+    pub fn unmap(&mut self, start: u64, len: u64) {
+        let mut addr = start;
+        while addr < start + len {
+            if let Some(slot) = self.leaf_slot(addr) {
+                self.store(slot, 0);
+            }
+            addr += PAGE_SIZE;
+        }
+    }
+
+    /// Address of the level-1 entry for `addr`, if its tables exist.
+    fn leaf_slot(&self, addr: u64) -> Option<u64> {
+        let mut table = self.root();
+        for shift in [39u32, 30, 21] {
+            let e = self.load(table + ((addr >> shift) & 0x1ff) * 8);
+            if e & P == 0 {
+                return None;
+            }
+            table = e & ADDR_MASK;
+        }
+        Some(table + ((addr >> 12) & 0x1ff) * 8)
+    }
+
     /// The leaf rights of `addr`'s page, if mapped.
     pub fn translate(&self, addr: u64) -> Option<Perms> {
         let mut table = self.root();
@@ -287,6 +314,19 @@ mod tests {
         };
         pt.map(0x4000_0000, PAGE_SIZE, sup).unwrap();
         assert_eq!(pt.translate(0x4000_0000), Some(sup));
+    }
+
+    #[test]
+    fn unmapped_pages_stop_translating_and_can_be_mapped_again() {
+        let mut pt = PageTables::new(8).unwrap();
+        pt.map(0x30_0000, 3 * PAGE_SIZE, RX).unwrap();
+        pt.unmap(0x30_1000, PAGE_SIZE);
+        pt.unmap(0x7000_0000, PAGE_SIZE);
+        assert_eq!(pt.translate(0x30_0000), Some(RX));
+        assert_eq!(pt.translate(0x30_1000), None);
+        assert_eq!(pt.translate(0x30_2000), Some(RX));
+        pt.map(0x30_1000, PAGE_SIZE, RW_DATA).unwrap();
+        assert_eq!(pt.translate(0x30_1000), Some(RW_DATA));
     }
 
     #[test]

@@ -269,6 +269,12 @@ impl RegionTable {
         self.regions.insert(i, region);
     }
 
+    /// Removes the region starting at `start`.
+    pub(crate) fn remove(&mut self, start: u64) -> Option<Region> {
+        let i = self.regions.iter().position(|r| r.start() == start)?;
+        Some(self.regions.remove(i))
+    }
+
     /// Whether every byte of `[addr, addr + len)` lies in regions the guest
     /// may use for `need`. An empty range is allowed anywhere.
     pub fn allows(&self, addr: u64, len: u64, need: Need) -> bool {

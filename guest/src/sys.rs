@@ -36,6 +36,20 @@ pub(crate) fn set_memslot(vm: &VmFd, slot: u32, region: &Region) -> Result<(), k
     unsafe { vm.set_user_memory_region(mem) }
 }
 
+/// Deletes memory slot `slot` (which was at guest-physical `gpa`).
+pub(crate) fn delete_memslot(vm: &VmFd, slot: u32, gpa: u64) -> Result<(), kvm_ioctls::Error> {
+    let mem = kvm_userspace_memory_region {
+        slot,
+        flags: 0,
+        guest_phys_addr: gpa,
+        memory_size: 0,
+        userspace_addr: 0,
+    };
+    // SAFETY: a size of 0 deletes the slot; KVM stops using the memory it
+    // named (its shadow entries are zapped) and touches no host memory.
+    unsafe { vm.set_user_memory_region(mem) }
+}
+
 /// The calling thread's FS base (its TLS pointer).
 pub(crate) fn fs_base() -> std::io::Result<u64> {
     const ARCH_GET_FS: libc::c_long = 0x1003;

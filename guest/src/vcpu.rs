@@ -170,10 +170,8 @@ pub struct Vcpu {
     vm: Arc<Vm>,
     fd: VcpuFd,
     id: u64,
-    /// [guard page][stack]
-    stack: MmapRegion,
-    /// [GDT, IDT, TSS][ring-0 stack]
-    tables: MmapRegion,
+    /// Stack and descriptor tables, mapped in the VM while the vCPU lives.
+    mem: VcpuMemory,
     /// The special registers of a fresh vCPU in ring 3; restored before
     /// the next call after an exception left the vCPU in ring 0.
     sregs: kvm_sregs,
@@ -219,6 +217,7 @@ impl Vcpu {
         let stack = alloc("stack", config.stack_bytes + PAGE_SIZE as usize)?;
         let tables = alloc("descriptor tables", 2 * PAGE_SIZE as usize)?;
         let tables_at = tables.as_ptr() as u64;
+        let stack_base = stack.as_ptr() as u64;
         let ring0_top = tables_at + 2 * PAGE_SIZE;
         let slice = tables.as_volatile_slice();
         let put = |r: vm_memory::volatile_memory::Result<()>| {
@@ -234,13 +233,22 @@ impl Vcpu {
         }
         put(slice.write_slice(&x86::tss(ring0_top), TSS_OFFSET));
 
-        let map = |region: Result<Region, _>, perms| {
+        let mut mem = VcpuMemory {
+            vm: Arc::clone(&vm),
+            pieces: Vec::new(),
+            stack: Some(stack),
+            tables: Some(tables),
+        };
+        let mut map = |region: Result<Region, _>, perms| {
             let region = region.map_err(|e| VcpuError::Map {
                 id,
                 source: VmError::Region(e),
             })?;
-            vm.map_internal(region, perms)
-                .map_err(|source| VcpuError::Map { id, source })
+            let pieces = vm
+                .map_internal(region, perms)
+                .map_err(|source| VcpuError::Map { id, source })?;
+            mem.pieces.extend(pieces);
+            Ok::<(), VcpuError>(())
         };
         let sup = |write| Perms {
             user: false,
@@ -265,7 +273,7 @@ impl Vcpu {
             ),
             sup(true),
         )?;
-        let stack_at = stack.as_ptr() as u64 + PAGE_SIZE;
+        let stack_at = stack_base + PAGE_SIZE;
         map(
             Region::new(
                 format!("vcpu {id} stack"),
@@ -282,8 +290,10 @@ impl Vcpu {
         let fs = if config.map_tls {
             let fs = sys::fs_base().map_err(|source| VcpuError::Tls { id, source })?;
             let tls = tls_region(id, fs).map_err(|source| VcpuError::Tls { id, source })?;
-            vm.map(tls)
+            let pieces = vm
+                .map_checked(tls)
                 .map_err(|source| VcpuError::Map { id, source })?;
+            mem.pieces.extend(pieces);
             fs
         } else {
             0
@@ -400,8 +410,7 @@ impl Vcpu {
             vm,
             fd,
             id,
-            stack,
-            tables,
+            mem,
             sregs,
             in_ring0: false,
             sync_regs,
@@ -433,8 +442,11 @@ impl Vcpu {
 
     /// The guest stack: `[start, top)`.
     pub fn stack_range(&self) -> (u64, u64) {
-        let start = self.stack.as_ptr() as u64 + PAGE_SIZE;
-        (start, self.stack.as_ptr() as u64 + self.stack.len() as u64)
+        let start = self.mem.stack().as_ptr() as u64 + PAGE_SIZE;
+        (
+            start,
+            self.mem.stack().as_ptr() as u64 + self.mem.stack().len() as u64,
+        )
     }
 
     /// Calls `f(arg)` on this vCPU in guest ring 3 and returns its result.
@@ -485,7 +497,8 @@ impl Vcpu {
         let (start, top) = self.stack_range();
         debug_assert!(below > start && below <= top);
         let rsp = (below & !15) - 8;
-        self.stack
+        self.mem
+            .stack()
             .as_volatile_slice()
             .write_obj(self.vm.return_stub(), (rsp - start + PAGE_SIZE) as usize)
             .expect("return slot lies in the stack");
@@ -533,8 +546,8 @@ impl Vcpu {
             if !self.vm.page_rights(r.start()).is_some_and(|p| p.user) {
                 continue;
             }
-            let slice = self.stack.as_volatile_slice();
-            let off = (arg - self.stack.as_ptr() as u64) as usize;
+            let slice = self.mem.stack().as_volatile_slice();
+            let off = (arg - self.mem.stack().as_ptr() as u64) as usize;
             slice
                 .write_obj(r.start(), off)
                 .and_then(|()| slice.write_obj(r.len(), off + 8))
@@ -658,9 +671,10 @@ impl Vcpu {
     /// the ring-0 stack and CR2.
     fn exception(&mut self, vector: u8) -> RunError {
         self.in_ring0 = true;
-        let frame_top = self.tables.len() - 8;
+        let frame_top = self.mem.tables().len() - 8;
         let word = |i: usize| -> u64 {
-            self.tables
+            self.mem
+                .tables()
                 .as_volatile_slice()
                 .load(frame_top - 8 * i, Ordering::Relaxed)
                 .unwrap_or(0)
@@ -723,6 +737,41 @@ impl Vcpu {
             code_region: map.regions.find(rip).cloned(),
             stack_overflow: address.is_some_and(|a| a < start && a >= start - PAGE_SIZE),
         }))
+    }
+}
+
+/// A vCPU's own memory and the regions it mapped into the VM (tables,
+/// stacks, TLS). The regions are taken out of the VM when the vCPU goes,
+/// before the memory is freed, so nothing freed (its stack, the thread's
+/// TLS once the thread ends) stays reachable from the VM's other vCPUs.
+struct VcpuMemory {
+    vm: Arc<Vm>,
+    pieces: Vec<Region>,
+    /// [guard page][stack]; `None` only once leaked in `drop`.
+    stack: Option<MmapRegion>,
+    /// [GDT, IDT, TSS][ring-0 stack]; `None` only once leaked in `drop`.
+    tables: Option<MmapRegion>,
+}
+
+impl VcpuMemory {
+    fn stack(&self) -> &MmapRegion {
+        self.stack.as_ref().expect("present until drop")
+    }
+
+    fn tables(&self) -> &MmapRegion {
+        self.tables.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for VcpuMemory {
+    fn drop(&mut self) {
+        if let Err(e) = self.vm.unmap_regions(&self.pieces) {
+            // Freeing memory the guest can still reach would hand the next
+            // allocation there to the VM: leak it instead.
+            log::error!("cannot unmap a vCPU's memory from its VM ({e}); leaking it");
+            std::mem::forget(self.stack.take());
+            std::mem::forget(self.tables.take());
+        }
     }
 }
 

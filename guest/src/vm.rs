@@ -22,6 +22,7 @@
 //! The page tables live in an arena of their own that is a read-only slot
 //! and mapped at no virtual address.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -106,6 +107,14 @@ pub enum VmError {
         /// The error.
         source: kvm_ioctls::Error,
     },
+    /// The range holds the runtime's own stub or handler pages.
+    #[error("{start:#x}+{len:#x} holds the runtime's stub pages, which stay mapped")]
+    RuntimePages {
+        /// Start of the range asked for.
+        start: u64,
+        /// Its length.
+        len: u64,
+    },
     /// All KVM memory slots are in use.
     #[error("all {max} KVM memory slots are used — merge adjacent regions")]
     OutOfSlots {
@@ -136,6 +145,9 @@ impl Default for VmConfig {
 pub(crate) struct MapState {
     pub(crate) tables: PageTables,
     pub(crate) regions: RegionTable,
+    /// Memory slot of each mapped region, by start address.
+    slots: BTreeMap<u64, u32>,
+    free_slots: Vec<u32>,
     next_slot: u32,
 }
 
@@ -219,6 +231,8 @@ impl Vm {
             map: Mutex::new(MapState {
                 tables: PageTables::new(config.page_table_pages)?,
                 regions: RegionTable::new(),
+                slots: BTreeMap::new(),
+                free_slots: Vec::new(),
                 next_slot: 0,
             }),
             max_slots,
@@ -308,6 +322,11 @@ impl Vm {
     /// Maps `region` for the guest (ring 3). Parts already mapped keep
     /// their first mapping; the rest must be this process's memory with the
     /// rights the region asks for (checked against /proc/self/maps).
+    ///
+    /// The memory must stay mapped in the process while it is mapped in the
+    /// VM: [`Vm::unmap`] it before freeing it. KVM follows the host's page
+    /// tables, so if the range were unmapped and something else later
+    /// mapped at the same address, the guest would see that instead.
     pub fn map(&self, region: Region) -> Result<(), VmError> {
         self.map_all([region])
     }
@@ -330,35 +349,115 @@ impl Vm {
     }
 
     /// Maps a region of VMM-owned memory with explicit page rights
-    /// (supervisor pages of a vCPU).
-    pub(crate) fn map_internal(&self, region: Region, perms: Perms) -> Result<(), VmError> {
+    /// (supervisor pages of a vCPU). Returns the pieces newly mapped.
+    pub(crate) fn map_internal(
+        &self,
+        region: Region,
+        perms: Perms,
+    ) -> Result<Vec<Region>, VmError> {
         let mut map = self.lock();
         self.map_locked(&mut map, region, perms)
     }
 
-    fn map_locked(&self, map: &mut MapState, region: Region, perms: Perms) -> Result<(), VmError> {
-        for piece in map.regions.uncovered(&region) {
-            // Slot first: a vCPU racing on the new entries must find memory.
-            self.add_slot(map, &piece)?;
-            map.tables.map(piece.start(), piece.len(), perms)?;
-            map.regions.insert(piece);
-        }
-        Ok(())
+    /// [`Vm::map`] returning the pieces newly mapped (for a vCPU to take
+    /// back when it goes).
+    pub(crate) fn map_checked(&self, region: Region) -> Result<Vec<Region>, VmError> {
+        let text = std::fs::read_to_string("/proc/self/maps").map_err(MapsError::from)?;
+        check_host_memory(&parse_maps(&text)?, &region)?;
+        let perms = Perms {
+            user: true,
+            write: region.access().writable(),
+            exec: region.access().executable(),
+        };
+        let mut map = self.lock();
+        self.map_locked(&mut map, region, perms)
     }
 
-    fn add_slot(&self, map: &mut MapState, region: &Region) -> Result<(), VmError> {
-        if map.next_slot >= self.max_slots {
-            return Err(VmError::OutOfSlots {
-                max: self.max_slots,
-            });
+    fn map_locked(
+        &self,
+        map: &mut MapState,
+        region: Region,
+        perms: Perms,
+    ) -> Result<Vec<Region>, VmError> {
+        let pieces = map.regions.uncovered(&region);
+        for piece in &pieces {
+            // Slot first: a vCPU racing on the new entries must find memory.
+            let slot = self.add_slot(map, piece)?;
+            map.tables.map(piece.start(), piece.len(), perms)?;
+            map.slots.insert(piece.start(), slot);
+            map.regions.insert(piece.clone());
         }
-        let slot = map.next_slot;
+        Ok(pieces)
+    }
+
+    fn add_slot(&self, map: &mut MapState, region: &Region) -> Result<u32, VmError> {
+        let slot = match map.free_slots.last() {
+            Some(&slot) => slot,
+            None if map.next_slot < self.max_slots => map.next_slot,
+            None => {
+                return Err(VmError::OutOfSlots {
+                    max: self.max_slots,
+                })
+            }
+        };
         sys::set_memslot(&self.fd, slot, region).map_err(|source| VmError::Memslot {
             slot,
             region: region.clone(),
             source,
         })?;
-        map.next_slot += 1;
+        if map.free_slots.last() == Some(&slot) {
+            map.free_slots.pop();
+        } else {
+            map.next_slot += 1;
+        }
+        Ok(slot)
+    }
+
+    /// Takes every mapped region lying wholly in `[start, start + len)` out
+    /// of the guest: its page-table entries are cleared, then its memory
+    /// slot deleted (KVM drops its shadow entries and flushes the vCPUs'
+    /// TLBs), so a later guest touch faults. The host memory itself is
+    /// left alone. The runtime's own pages cannot be unmapped.
+    pub fn unmap(&self, start: u64, len: u64) -> Result<Vec<Region>, VmError> {
+        let runtime = self.code.as_ptr() as u64..self.code.as_ptr() as u64 + 2 * PAGE_SIZE;
+        if start < runtime.end && start.saturating_add(len) > runtime.start {
+            return Err(VmError::RuntimePages { start, len });
+        }
+        let mut map = self.lock();
+        let inside: Vec<Region> = map
+            .regions
+            .regions()
+            .iter()
+            .filter(|r| r.start() >= start && r.end() <= start.saturating_add(len))
+            .cloned()
+            .collect();
+        for r in &inside {
+            self.unmap_locked(&mut map, r)?;
+        }
+        Ok(inside)
+    }
+
+    /// Unmaps regions this runtime mapped itself (a vCPU's pages).
+    pub(crate) fn unmap_regions(&self, regions: &[Region]) -> Result<(), VmError> {
+        let mut map = self.lock();
+        for r in regions {
+            self.unmap_locked(&mut map, r)?;
+        }
+        Ok(())
+    }
+
+    fn unmap_locked(&self, map: &mut MapState, region: &Region) -> Result<(), VmError> {
+        let Some(slot) = map.slots.remove(&region.start()) else {
+            return Ok(());
+        };
+        map.tables.unmap(region.start(), region.len());
+        sys::delete_memslot(&self.fd, slot, region.start()).map_err(|source| VmError::Memslot {
+            slot,
+            region: region.clone(),
+            source,
+        })?;
+        map.regions.remove(region.start());
+        map.free_slots.push(slot);
         Ok(())
     }
 

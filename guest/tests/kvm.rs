@@ -838,3 +838,67 @@ fn prefaulting_removes_first_touch_costs() {
          then first touch of a prefaulted arena {after_prefault:?}"
     );
 }
+
+#[test]
+fn unmapped_memory_is_out_of_reach_and_can_be_mapped_again() {
+    if !kvm() {
+        return;
+    }
+    let vm = image_vm(SyscallPolicy::default(), false);
+    let pool = pages(4);
+    pool.as_volatile_slice().write_obj(5u64, 0).unwrap();
+    let addr = pool.as_ptr() as u64;
+    vm.map(region("tx pool", &pool, Access::ReadWrite)).unwrap();
+    let mut vcpu = vm.create_vcpu(VcpuConfig::default()).unwrap();
+    vcpu.prefault().unwrap();
+    // SAFETY: read_u64 reads the mapped pool.
+    assert_eq!(unsafe { vcpu.call(read_u64, addr) }.unwrap(), 5);
+    let gone = vm.unmap(addr, 4 * 4096).unwrap();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(vm.region_at(addr), None);
+    // SAFETY: as above; the read now faults.
+    let report = fault(unsafe { vcpu.call(read_u64, addr) });
+    assert_eq!((report.address, report.region), (Some(addr), None));
+    vm.map(region("tx pool", &pool, Access::ReadOnly)).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { vcpu.call(read_u64, addr) }.unwrap(), 5);
+    // SAFETY: the write faults: the pool came back read-only.
+    let report = fault(unsafe { vcpu.call(write_u64, addr) });
+    assert_eq!(report.touch, Some(Touch::Write));
+
+    let stubs = vm
+        .regions()
+        .into_iter()
+        .find(|r| r.name() == "guest stubs")
+        .unwrap();
+    assert!(matches!(
+        vm.unmap(stubs.start(), stubs.len()),
+        Err(VmError::RuntimePages { .. })
+    ));
+}
+
+#[test]
+fn a_finished_threads_vcpu_takes_its_stack_and_tls_out_of_the_vm() {
+    if !kvm() {
+        return;
+    }
+    let vm = image_vm(SyscallPolicy::default(), false);
+    let before = vm.regions().len();
+    let vm2 = Arc::clone(&vm);
+    let (stack, tls) = std::thread::spawn(move || {
+        let mut vcpu = vm2.create_vcpu(VcpuConfig::default()).unwrap();
+        // SAFETY: add_one touches only registers.
+        unsafe { vcpu.call(add_one, 1) }.unwrap();
+        let tls = vm2
+            .regions()
+            .into_iter()
+            .find(|r| r.name().ends_with(" TLS"))
+            .unwrap();
+        (vcpu.stack_range().0, tls.start())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(vm.region_at(stack), None);
+    assert_eq!(vm.region_at(tls), None);
+    assert_eq!(vm.regions().len(), before);
+}
