@@ -158,10 +158,10 @@
 //!
 //! | step | cost |
 //! |---|---|
-//! | VM create (`Vm::new`: VM fd, CPUID, stub pages, page-table arena) | 0.6–0.9 ms |
+//! | VM create (`Vm::new`: VM fd, CPUID, stub pages, page-table arena) | 0.6–1.5 ms |
 //! | map the image (29 regions, 3.4 MiB, code + rodata + data) | 0.35–1.7 ms |
-//! | vCPU setup (stack, tables, TLS mapping; KVM create, CPUID, XCR0, sregs, MSRs) | 0.35–0.6 ms |
-//! | first call of a fresh vCPU (first-touch faults of stack and code) | 100–160 µs |
+//! | vCPU setup (stack, tables, TLS mapping; KVM create, CPUID, XCR0, sregs, MSRs) | 0.35–0.7 ms |
+//! | first call of a fresh vCPU (first-touch faults of stack and code) | 100–165 µs |
 //! | pre-fault of every mapped page | ≈ 4 µs per page (912 pages: 3.3–4 ms) |
 //! | call round trip host → guest → host (steady) | ≈ 24.5 µs (34 µs with `KVM_SET_REGS` instead of sync regs) |
 //! | system call forwarded (or denied) | ≈ 26–27 µs (43 µs with `KVM_GET/SET_REGS`) |
