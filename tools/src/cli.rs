@@ -51,6 +51,8 @@ Examples:
       ix and linux side by side: 16 connections, 64-byte messages, 5 s
   ixctl bench echo --system linux --connections 1 --duration 10 --json
       the Linux baseline alone, one connection, as JSON
+  ixctl bench kvs --quick
+      the KVS benchmark: ix, linux and memcached under ETC load (< 2 min)
 
 Socket: --socket, else $IX_SOCKET, else /run/ix/ixcpd.sock.
 Exit status: 0 success, 1 runtime failure (ixcpd refused or is not running,
