@@ -1,4 +1,6 @@
 /* Bodies of the wrappers declared in shim.h (see there). */
+#include <string.h>
+
 #include "shim.h"
 
 uint16_t ix_rte_eth_rx_burst(uint16_t port_id, uint16_t queue_id,
@@ -87,6 +89,18 @@ uint16_t ix_rte_mbuf_refcnt_read(const struct rte_mbuf *m)
 uint16_t ix_rte_mbuf_refcnt_update(struct rte_mbuf *m, int16_t value)
 {
 	return rte_mbuf_refcnt_update(m, value);
+}
+
+int ix_rte_eth_link_up(uint16_t port_id)
+{
+	struct rte_eth_link link;
+	int rc;
+
+	memset(&link, 0, sizeof(link));
+	rc = rte_eth_link_get_nowait(port_id, &link);
+	if (rc < 0)
+		return rc;
+	return link.link_status == RTE_ETH_LINK_UP;
 }
 
 int ix_rte_errno(void)

@@ -58,6 +58,9 @@ uint16_t ix_rte_mbuf_refcnt_read(const struct rte_mbuf *m);
 /* rte_mbuf_refcnt_update: the new count */
 uint16_t ix_rte_mbuf_refcnt_update(struct rte_mbuf *m, int16_t value);
 
+/* rte_eth_link_get_nowait: 1 if the link is up, 0 if down, negative errno */
+int ix_rte_eth_link_up(uint16_t port_id);
+
 /* rte_errno of the calling thread */
 int ix_rte_errno(void);
 /* rte_lcore_id: the calling thread's lcore, UINT32_MAX if it has none */
