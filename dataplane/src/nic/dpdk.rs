@@ -80,7 +80,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use dpdk_sys as sys;
+/// The raw bindings (`dpdk-sys`), for what this module does not wrap.
+pub use dpdk_sys as sys;
 
 use crate::buf::{PktBuf, Pool, BUF_DATA, BUF_HEADROOM};
 use crate::nic::{QueuePair, QueueStats};
