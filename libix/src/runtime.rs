@@ -49,6 +49,8 @@ use dataplane::elastic::{CoreConfig, CoreCounters, ElasticThread, DEFAULT_BATCH}
 use dataplane::mem::SharedMem;
 use dataplane::net::iface::IfaceConfig;
 use dataplane::nic::af_packet::{AfPacketConfig, AfPacketPort, AfPacketQueue};
+#[cfg(feature = "dpdk")]
+use dataplane::nic::dpdk::{DpdkPort, DpdkQueue, EalConfig, PortConfig};
 use dataplane::nic::fault::{FaultConfig, FaultyQueue};
 use dataplane::nic::memif::{MemifConfig, MemifPort, MemifQueue, MemifRole, Steering};
 use dataplane::nic::{QueuePair, QueueStats};
@@ -81,6 +83,10 @@ pub enum IxError {
         /// Cause.
         source: dataplane::nic::af_packet::AfPacketError,
     },
+    /// The DPDK port could not be opened or its queue claimed.
+    #[cfg(feature = "dpdk")]
+    #[error("DPDK: {0}")]
+    Dpdk(#[from] dataplane::nic::dpdk::DpdkError),
     /// The fault-injection settings are invalid.
     #[error("fault injection: {0}")]
     Fault(#[from] dataplane::nic::fault::FaultError),
@@ -155,6 +161,17 @@ pub enum NicConfig {
         /// Interface name, e.g. one end of a veth pair.
         ifname: String,
     },
+    /// A DPDK port (one queue pair per core): the EAL is initialised with
+    /// `eal` (once per process), the port opened with `port`, whose queue
+    /// count, RSS table and MAC address the runtime sets from the
+    /// configuration's cores and `mac`.
+    #[cfg(feature = "dpdk")]
+    Dpdk {
+        /// EAL arguments.
+        eal: EalConfig,
+        /// The port.
+        port: PortConfig,
+    },
 }
 
 /// Everything a dataplane needs to start.
@@ -215,6 +232,13 @@ impl Config {
             steering: Steering::None,
         });
         Self::with_nic(nic, ip)
+    }
+
+    /// A one-core dataplane on a DPDK port: `eal` starts DPDK (once per
+    /// process), `port` names the device (see [`NicConfig::Dpdk`]).
+    #[cfg(feature = "dpdk")]
+    pub fn dpdk(eal: EalConfig, port: PortConfig, ip: Ipv4Addr) -> Config {
+        Self::with_nic(NicConfig::Dpdk { eal, port }, ip)
     }
 
     /// A one-core dataplane on an af_packet socket bound to `ifname`.
@@ -479,6 +503,10 @@ enum AnyQueue {
     AfPacket(AfPacketQueue),
     FaultyMemif(FaultyQueue<MemifQueue>),
     FaultyAfPacket(FaultyQueue<AfPacketQueue>),
+    #[cfg(feature = "dpdk")]
+    Dpdk(DpdkQueue),
+    #[cfg(feature = "dpdk")]
+    FaultyDpdk(FaultyQueue<DpdkQueue>),
 }
 
 macro_rules! each_queue {
@@ -488,6 +516,10 @@ macro_rules! each_queue {
             AnyQueue::AfPacket($q) => $e,
             AnyQueue::FaultyMemif($q) => $e,
             AnyQueue::FaultyAfPacket($q) => $e,
+            #[cfg(feature = "dpdk")]
+            AnyQueue::Dpdk($q) => $e,
+            #[cfg(feature = "dpdk")]
+            AnyQueue::FaultyDpdk($q) => $e,
         }
     };
 }
@@ -513,6 +545,8 @@ impl QueuePair for AnyQueue {
 enum Port {
     Memif(Arc<MemifPort>),
     AfPacket(String),
+    #[cfg(feature = "dpdk")]
+    Dpdk(DpdkPort),
 }
 
 /// What one core did, reported when the dataplane stops.
@@ -775,6 +809,7 @@ impl Dataplane {
     {
         cfg.validate()?;
         let queues = cfg.cores.len() as u16;
+        let rss = RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS);
         let port = match &cfg.nic {
             NicConfig::Memif(m) => {
                 let mut m = m.clone();
@@ -793,10 +828,22 @@ impl Dataplane {
                 Port::Memif(Arc::new(port))
             }
             NicConfig::AfPacket { ifname } => Port::AfPacket(ifname.clone()),
+            #[cfg(feature = "dpdk")]
+            NicConfig::Dpdk { eal, port } => {
+                let eal = dataplane::nic::dpdk::Eal::init(eal)?;
+                // One queue pair per core, hashed (where the device can)
+                // with the table the cores use to pick local ports.
+                let port = PortConfig {
+                    queues,
+                    rss: Some(rss.clone()),
+                    mac: Some(cfg.mac),
+                    ..port.clone()
+                };
+                Port::Dpdk(DpdkPort::open(eal, &port)?)
+            }
         };
         let port = Arc::new(port);
         let factory = Arc::new(factory);
-        let rss = RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS);
         let (opened_tx, opened_rx) = mpsc::channel();
         let mut threads = Vec::new();
         let mut counters = Vec::new();
@@ -940,7 +987,7 @@ fn open_queue(
             let memif_err = |source| IxError::Memif {
                 path: match &cfg.nic {
                     NicConfig::Memif(m) => m.socket_path.clone(),
-                    NicConfig::AfPacket { .. } => PathBuf::new(),
+                    _ => PathBuf::new(),
                 },
                 source,
             };
@@ -961,6 +1008,21 @@ fn open_queue(
             match cfg.faults.clone() {
                 Some(f) => AnyQueue::FaultyAfPacket(FaultyQueue::new(aq, f)?),
                 None => AnyQueue::AfPacket(aq),
+            }
+        }
+        #[cfg(feature = "dpdk")]
+        Port::Dpdk(p) => {
+            let deadline = std::time::Instant::now() + cfg.link_timeout;
+            while !p.link_up() {
+                if stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline {
+                    break; // the stack runs; frames flow once the link is up
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let dq = p.queue(q, pool)?;
+            match cfg.faults.clone() {
+                Some(f) => AnyQueue::FaultyDpdk(FaultyQueue::new(dq, f)?),
+                None => AnyQueue::Dpdk(dq),
             }
         }
     };

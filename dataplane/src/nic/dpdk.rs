@@ -11,7 +11,10 @@
 //!   `--no-pci`). DPDK cannot initialise it twice; a second
 //!   [`Eal::init`] with the same arguments returns the running one, with
 //!   other arguments it is an error. Virtual devices can also be added
-//!   later ([`Eal::attach`], `rte_dev_probe`).
+//!   later ([`Eal::attach`], `rte_dev_probe`). The EAL pins the thread
+//!   that starts it to its first lcore; [`Eal::init`] restores that
+//!   thread's CPU set afterwards, so that threads it spawns later (elastic
+//!   threads, which pin themselves) do not all inherit one CPU.
 //! - [`DpdkPort`]: one ethdev port, configured with one RX/TX queue pair
 //!   per elastic thread and one mbuf pool (mempool) per queue, RSS with
 //!   our Toeplitz key and redirection table ([`RssConfig`]) when the
@@ -448,10 +451,17 @@ impl Eal {
                 .into_boxed_slice(),
         );
         let _ctl = control();
+        let affinity = thread_affinity();
         // SAFETY: argv holds argc pointers to NUL-terminated strings that
         // are never freed; rte_eal_init runs once per process (guarded by
         // EAL's state under its lock).
         let rc = unsafe { sys::rte_eal_init(argv.len() as i32, argv.as_mut_ptr()) };
+        // The EAL pins the calling thread to its first lcore; threads it
+        // spawns later (elastic threads) would inherit that CPU. Elastic
+        // threads pin themselves: give the caller its CPUs back.
+        if let Some(set) = affinity {
+            set_thread_affinity(&set);
+        }
         if rc < 0 {
             let code = rte_errno();
             *state = EalState::Failed(code);
@@ -500,6 +510,26 @@ impl Eal {
         let c = CString::new(name).map_err(|_| DpdkError::Nul(name.into()))?;
         let _ctl = control();
         detach_vdev_locked(name, &c)
+    }
+}
+
+/// The calling thread's CPU set.
+fn thread_affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain bits (all-zero is valid); the call writes
+    // at most size_of::<cpu_set_t>() bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
+}
+
+/// Sets the calling thread's CPU set (failure only logged).
+fn set_thread_affinity(set: &libc::cpu_set_t) {
+    // SAFETY: reads size_of::<cpu_set_t>() bytes from a valid set.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if rc != 0 {
+        log::warn!("dpdk: cannot restore the thread's CPUs after EAL start-up");
     }
 }
 

@@ -1,0 +1,209 @@
+//! Two dataplanes — our TCP/IP stack with the echo server and the echo
+//! client (`ix_tools::echo`) on libix — joined by a DPDK `net_memif` pair:
+//! both ends are DPDK ports driven by the DPDK backend, each in its own
+//! process with its own EAL. The client verifies every byte that comes
+//! back; the test checks every round trip completed, nothing was corrupt
+//! and every connection closed in order. With one core per side, and with
+//! two (two queue pairs per port; memif pairs queue k with the peer's
+//! queue k, and each client core picks local ports whose replies hash to
+//! its own queue).
+//!
+//! The server is this test binary run again (`--exact NAME`) with
+//! `IX_DPDK_ECHO_SERVE` set to the directory of the memif socket: the same
+//! test function then serves instead of connecting. It is killed when the
+//! client is done, also when the test fails. Built only with `--features
+//! dpdk`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dataplane::nic::dpdk::{EalConfig, PortConfig};
+use ix_tools::echo::{
+    EchoClient, EchoClientConfig, EchoClientResult, EchoServer, MessageSize, ResultSink,
+};
+use libix::{Config, Dataplane};
+
+const SERVE_ENV: &str = "IX_DPDK_ECHO_SERVE";
+/// What the server prints once its port is started.
+const READY: &str = "dpdk echo server: port started";
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+const PORT: u16 = 7;
+/// The server gives up on its own after this long.
+const SERVER_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Both sides busy-poll: one pair of dataplanes at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A dataplane on a DPDK memif port in `role`, on the socket in `dir`.
+fn dpdk_config(role: &str, tag: &str, dir: &Path, ip: Ipv4Addr, cores: usize) -> Config {
+    let eal = EalConfig::virtual_devices(&format!("ixtest-echo-{role}"));
+    let name = format!("net_memif_{role}{tag}");
+    let mut port = PortConfig::new(&name, 1);
+    port.attach = Some(format!(
+        "{name},role={role},id=0,socket={},socket-abstract=no",
+        dir.join("memif.sock").display()
+    ));
+    let mut cfg = Config::dpdk(eal, port, ip);
+    cfg.cores = vec![None; cores];
+    cfg.pool_buffers = 4096;
+    cfg.hugepages = false;
+    cfg.link_timeout = Duration::from_secs(30);
+    cfg
+}
+
+/// The server side (in the child process): echo until killed.
+fn serve(dir: &Path, tag: &str, cores: usize) {
+    let cfg = dpdk_config("server", tag, dir, SERVER_IP, cores);
+    let dp = Dataplane::start(cfg, |_| EchoServer::new(PORT)).expect("server dataplane starts");
+    // The port is started: a client may connect now (DPDK's memif client
+    // tries once, when its port starts).
+    eprintln!("{READY}");
+    dp.stop_after(SERVER_LIFETIME);
+    let report = dp.join().expect("server dataplane runs");
+    assert_eq!(report.cores.len(), cores);
+}
+
+/// Kills the server process and removes its directory, however the test
+/// ends.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start(test: &str, tag: &str) -> Server {
+        let dir = std::env::temp_dir().join(format!("ix-dpdk-echo-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(SERVE_ENV, &dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Server { child, dir }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits until the server's port is started: its memif socket exists
+    /// from the moment the device is attached, but a client that connects
+    /// before the server's port starts is turned away, and DPDK's memif
+    /// client does not try again.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.output().contains(READY) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the server exited ({status}):\n{}", self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn echo_over_dpdk_memif(test: &str, tag: &str, cores: usize) {
+    if let Some(dir) = std::env::var_os(SERVE_ENV) {
+        serve(Path::new(&dir), tag, cores);
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut server = Server::start(test, tag);
+    server.wait_ready();
+
+    let conns_per_core = 8;
+    let messages = 100;
+    let cfg = dpdk_config("client", tag, &server.dir, CLIENT_IP, cores);
+    let client = EchoClientConfig {
+        server: SocketAddrV4::new(SERVER_IP, PORT),
+        connections: conns_per_core,
+        size: MessageSize::Random {
+            min: 1,
+            max: 16 * 1024,
+            seed: 7,
+        },
+        messages_per_conn: Some(messages),
+        warmup: Duration::ZERO,
+        duration: None,
+        deadline: Duration::from_secs(90),
+    };
+    let out = ResultSink::default();
+    let sink = out.clone();
+    let dp = Dataplane::start(cfg, move |_| EchoClient::new(client.clone(), sink.clone()))
+        .unwrap_or_else(|e| panic!("client dataplane: {e}\n{}", server.output()));
+    let report = dp
+        .join()
+        .unwrap_or_else(|e| panic!("client dataplane: {e}\n{}", server.output()));
+    let r = EchoClientResult::collect(&out).expect("every client core stored a result");
+    let queues: Vec<String> = report
+        .cores
+        .iter()
+        .map(|c| format!("core {}: {:?}", c.core, c.queue))
+        .collect();
+    let summary = format!(
+        "{} round trips, {} bytes verified, {} corrupt, {} failed and {} closed connections, timed out: {}; client {}\n{}",
+        r.completed,
+        r.verified_bytes,
+        r.corrupt_bytes,
+        r.failed_conns,
+        r.closed_conns,
+        r.timed_out,
+        queues.join("; "),
+        server.output()
+    );
+    let conns = (conns_per_core * cores) as u64;
+    assert!(!r.timed_out, "{summary}");
+    assert_eq!(r.completed, conns * messages, "{summary}");
+    assert_eq!((r.corrupt_bytes, r.failed_conns), (0, 0), "{summary}");
+    assert_eq!(r.closed_conns, conns, "{summary}");
+    assert!(r.verified_bytes > conns * messages, "{summary}");
+    for core in &report.cores {
+        assert!(
+            core.queue.rx_packets > 0,
+            "core {} received nothing: {summary}",
+            core.core
+        );
+        assert_eq!(core.queue.rx_dropped, 0, "{summary}");
+    }
+    eprintln!(
+        "{} round trips, {} bytes verified, p50 {} µs",
+        r.completed,
+        r.verified_bytes,
+        r.latency_ns.value_at_quantile(0.5) / 1000
+    );
+}
+
+#[test]
+fn echo_between_two_dataplanes_over_dpdk_memif() {
+    echo_over_dpdk_memif("echo_between_two_dataplanes_over_dpdk_memif", "one", 1);
+}
+
+#[test]
+fn echo_between_two_two_core_dataplanes_over_dpdk_memif() {
+    echo_over_dpdk_memif(
+        "echo_between_two_two_core_dataplanes_over_dpdk_memif",
+        "two",
+        2,
+    );
+}
