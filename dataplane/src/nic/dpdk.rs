@@ -934,6 +934,8 @@ impl DpdkPort {
         if shared.rss_offloaded {
             // Some drivers take the key only here, not from the
             // configuration; those that take it only there say ENOTSUP.
+            // Newer DPDK releases add fields: leave them zero.
+            #[allow(clippy::needless_update)]
             let mut rss_conf = sys::rte_eth_rss_conf {
                 rss_key: shared.key.as_mut_ptr(),
                 rss_key_len: RSS_KEY_LEN as u8,
@@ -1040,8 +1042,8 @@ impl DpdkPort {
             queue: q,
             mempool: s.pools[usize::from(q)].0,
             pool,
-            mbufs: [std::ptr::null_mut(); BURST],
-            frame_of: [0; BURST],
+            mbufs: Box::new([std::ptr::null_mut(); BURST]),
+            frame_of: Box::new([0; BURST]),
             stats: QueueStats::default(),
             shared: self.shared.clone(),
         })
@@ -1247,9 +1249,9 @@ pub struct DpdkQueue {
     mempool: NonNull<sys::rte_mempool>,
     pool: Pool,
     /// Mbufs of the burst in progress.
-    mbufs: [*mut sys::rte_mbuf; BURST],
+    mbufs: Box<[*mut sys::rte_mbuf; BURST]>,
     /// On TX: index (in the caller's vector) of the frame in each mbuf.
-    frame_of: [usize; BURST],
+    frame_of: Box<[usize; BURST]>,
     stats: QueueStats,
     /// Keeps the port (and the mempool) open.
     shared: Arc<PortShared>,
