@@ -14,7 +14,8 @@
 //!   or macros: `rte_eth_rx_burst`/`tx_burst`, `rte_pktmbuf_alloc`,
 //!   `_alloc_bulk`, `_free`, `_append`, `_prepend`, `_adj`, `_trim`,
 //!   `_mtod`, `_data_len`, `_pkt_len`, the next segment, head- and
-//!   tailroom, `rte_mbuf_refcnt_read`/`_update`, `rte_errno`,
+//!   tailroom, `rte_mbuf_refcnt_read`/`_update`, the link state,
+//!   `rte_errno`,
 //!   `rte_lcore_id`, the RSS hash-function set for IPv4/TCP/UDP, and the
 //!   header version. `src/shim.h` documents each.
 //!

@@ -481,6 +481,14 @@ fn from_registration(
         PortKind::AfPacket { interface, .. } => NicConfig::AfPacket {
             ifname: interface.clone(),
         },
+        #[cfg(feature = "dpdk")]
+        PortKind::Dpdk { device, vdev, .. } => dpdk_nic(name, device, vdev.as_deref(), &reg),
+        #[cfg(not(feature = "dpdk"))]
+        PortKind::Dpdk { .. } => {
+            return Err(IxError::Mismatch(
+                "the port is a DPDK device: build the program with libix's `dpdk` feature",
+            ))
+        }
     };
     let mut config = Config::with_nic(nic, port.ip);
     config.prefix_len = port.prefix;
@@ -495,6 +503,37 @@ fn from_registration(
     config.pool_buffers = reg.allocation.buffers_per_core;
     config.hugepages = reg.allocation.huge;
     Ok((config, pools, stats))
+}
+
+/// The EAL and port of an ixcpd `dpdk` port: the EAL's lcore is the
+/// dataplane's first CPU, its runtime files are named after the dataplane;
+/// a virtual device runs without hugepages or PCI, a PCI device (bound to
+/// vfio-pci) with hugepages, probed alone.
+#[cfg(feature = "dpdk")]
+fn dpdk_nic(name: &str, device: &str, vdev: Option<&str>, reg: &Registration) -> NicConfig {
+    use dataplane::nic::dpdk::{EalDevice, EalMemory};
+    let first_cpu = reg.allocation.cpus.first().copied().unwrap_or(0);
+    let (memory, devices) = match vdev {
+        Some(v) => (EalMemory::NoHuge { mb: 512 }, vec![EalDevice::Vdev(v.into())]),
+        None => (
+            EalMemory::Hugepages { mb: None },
+            vec![EalDevice::Pci(device.into())],
+        ),
+    };
+    let eal = EalConfig {
+        lcores: first_cpu.to_string(),
+        memory,
+        file_prefix: Some(format!("ix-{name}")),
+        runtime_files: false,
+        pci: vdev.is_none(),
+        devices,
+        log_level: Some(4),
+        extra: Vec::new(),
+    };
+    NicConfig::Dpdk {
+        eal,
+        port: PortConfig::new(device, 1),
+    }
 }
 
 /// The queue pair of one core, whichever backend it is.
