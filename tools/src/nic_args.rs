@@ -83,7 +83,13 @@ where
                 reg.config.ip,
                 reg.config.prefix_len
             );
-            Dataplane::start_registered(reg, factory)
+            let dp = Dataplane::start_registered(reg, factory)?;
+            // The port is open (a DPDK port started): peers may connect.
+            eprintln!(
+                "{program}: port open, {} cores starting",
+                dp.counters().len()
+            );
+            Ok(dp)
         }
     }
 }

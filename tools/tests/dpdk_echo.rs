@@ -11,20 +11,31 @@
 //! The server is this test binary run again (`--exact NAME`) with
 //! `IX_DPDK_ECHO_SERVE` set to the directory of the memif socket: the same
 //! test function then serves instead of connecting. It is killed when the
-//! client is done, also when the test fails. Built only with `--features
-//! dpdk`.
+//! client is done, also when the test fails.
+//!
+//! Through the control plane: an ixcpd (on a thread of this process) with a
+//! port of kind `dpdk` (a `net_memif` server device) lists it in `ixctl
+//! resources` (kind `dpdk`, its queues, then its owner) and launches
+//! `ix-echo server` on it; the echo client connects from this process over
+//! its own DPDK port.
+//!
+//! Built only with `--features dpdk`.
 
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use control_plane::host::Host;
+use control_plane::server::Server as Daemon;
 use dataplane::nic::dpdk::{EalConfig, PortConfig};
 use ix_tools::echo::{
     EchoClient, EchoClientConfig, EchoClientResult, EchoServer, MessageSize, ResultSink,
 };
 use libix::{Config, Dataplane};
+use serde_json::Value;
 
 const SERVE_ENV: &str = "IX_DPDK_ECHO_SERVE";
 /// What the server prints once its port is started.
@@ -38,14 +49,14 @@ const SERVER_LIFETIME: Duration = Duration::from_secs(120);
 /// Both sides busy-poll: one pair of dataplanes at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// A dataplane on a DPDK memif port in `role`, on the socket in `dir`.
-fn dpdk_config(role: &str, tag: &str, dir: &Path, ip: Ipv4Addr, cores: usize) -> Config {
+/// A dataplane on a DPDK memif port in `role` on `socket`.
+fn dpdk_config(role: &str, tag: &str, socket: &Path, ip: Ipv4Addr, cores: usize) -> Config {
     let eal = EalConfig::virtual_devices(&format!("ixtest-echo-{role}"));
     let name = format!("net_memif_{role}{tag}");
     let mut port = PortConfig::new(&name, 1);
     port.attach = Some(format!(
         "{name},role={role},id=0,socket={},socket-abstract=no",
-        dir.join("memif.sock").display()
+        socket.display()
     ));
     let mut cfg = Config::dpdk(eal, port, ip);
     cfg.cores = vec![None; cores];
@@ -57,7 +68,7 @@ fn dpdk_config(role: &str, tag: &str, dir: &Path, ip: Ipv4Addr, cores: usize) ->
 
 /// The server side (in the child process): echo until killed.
 fn serve(dir: &Path, tag: &str, cores: usize) {
-    let cfg = dpdk_config("server", tag, dir, SERVER_IP, cores);
+    let cfg = dpdk_config("server", tag, &dir.join("memif.sock"), SERVER_IP, cores);
     let dp = Dataplane::start(cfg, |_| EchoServer::new(PORT)).expect("server dataplane starts");
     // The port is started: a client may connect now (DPDK's memif client
     // tries once, when its port starts).
@@ -132,11 +143,26 @@ fn echo_over_dpdk_memif(test: &str, tag: &str, cores: usize) {
     let mut server = Server::start(test, tag);
     server.wait_ready();
 
+    let cfg = dpdk_config(
+        "client",
+        tag,
+        &server.dir.join("memif.sock"),
+        CLIENT_IP,
+        cores,
+    );
+    run_client(cfg, SERVER_IP, &|| server.output());
+}
+
+/// Runs echo clients (8 connections per core, 100 messages of 1 B to
+/// 16 KiB each) against `server` and checks every byte came back and
+/// every connection closed in order. `context` says what the server did,
+/// for failure messages.
+fn run_client(cfg: Config, server: Ipv4Addr, context: &dyn Fn() -> String) {
     let conns_per_core = 8;
     let messages = 100;
-    let cfg = dpdk_config("client", tag, &server.dir, CLIENT_IP, cores);
+    let cores = cfg.cores.len();
     let client = EchoClientConfig {
-        server: SocketAddrV4::new(SERVER_IP, PORT),
+        server: SocketAddrV4::new(server, PORT),
         connections: conns_per_core,
         size: MessageSize::Random {
             min: 1,
@@ -151,10 +177,10 @@ fn echo_over_dpdk_memif(test: &str, tag: &str, cores: usize) {
     let out = ResultSink::default();
     let sink = out.clone();
     let dp = Dataplane::start(cfg, move |_| EchoClient::new(client.clone(), sink.clone()))
-        .unwrap_or_else(|e| panic!("client dataplane: {e}\n{}", server.output()));
+        .unwrap_or_else(|e| panic!("client dataplane: {e}\n{}", context()));
     let report = dp
         .join()
-        .unwrap_or_else(|e| panic!("client dataplane: {e}\n{}", server.output()));
+        .unwrap_or_else(|e| panic!("client dataplane: {e}\n{}", context()));
     let r = EchoClientResult::collect(&out).expect("every client core stored a result");
     let queues: Vec<String> = report
         .cores
@@ -170,7 +196,7 @@ fn echo_over_dpdk_memif(test: &str, tag: &str, cores: usize) {
         r.closed_conns,
         r.timed_out,
         queues.join("; "),
-        server.output()
+        context()
     );
     let conns = (conns_per_core * cores) as u64;
     assert!(!r.timed_out, "{summary}");
@@ -206,4 +232,174 @@ fn echo_between_two_two_core_dataplanes_over_dpdk_memif() {
         "two",
         2,
     );
+}
+
+const IXCTL: &str = env!("CARGO_BIN_EXE_ixctl");
+const IX_ECHO: &str = env!("CARGO_BIN_EXE_ix-echo");
+
+/// ixcpd on a thread of this process; on drop its dataplanes are killed
+/// and it stops.
+struct Ixcpd {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    stop: Option<std::io::PipeWriter>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ixcpd {
+    /// One port: `nic0`, a DPDK `net_memif` server device on `m.sock` in
+    /// the daemon's directory, 10.9.2.1/24.
+    fn start() -> Ixcpd {
+        let dir = tempfile::Builder::new()
+            .prefix("ix-dpdk-ixcpd-")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("ixcpd.sock");
+        let memif = dir.path().join("m.sock");
+        let text = format!(
+            "cores = \"all\"\nmemory = \"64 MiB\"\nhugepages = \"off\"\n\
+             [api]\nsocket = {socket:?}\n\
+             [[ports]]\nname = \"nic0\"\nkind = \"dpdk\"\ndevice = \"net_memif_nic0\"\n\
+             vdev = \"net_memif_nic0,role=server,id=0,socket={},socket-abstract=no\"\n\
+             queues = 1\nip = \"10.9.2.1/24\"\n",
+            memif.display()
+        );
+        let config = control_plane::config::Config::from_toml(&text, &Host::probe()).unwrap();
+        let mut server = Daemon::bind(config).unwrap();
+        let (rd, wr) = std::io::pipe().unwrap();
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsFd;
+            server.run(rd.as_fd()).unwrap();
+        });
+        Ixcpd {
+            dir,
+            socket,
+            stop: Some(wr),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs ixctl against this daemon, expecting success; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = Command::new(IXCTL)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ixctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.ok(&args)).unwrap()
+    }
+
+    /// What ixcpd shows of dataplane `name`'s output.
+    fn logs(&self, name: &str) -> String {
+        Command::new(IXCTL)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["logs", name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Ixcpd {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new(IXCTL)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["status", "--json"])
+            .output()
+        {
+            if let Ok(status) = serde_json::from_slice::<Value>(&out.stdout) {
+                for pid in status["dataplanes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d["pid"].as_i64())
+                {
+                    // SAFETY: kill() takes no pointers; a dataplane this
+                    // daemon launched for the test.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
+        if let Some(mut stop) = self.stop.take() {
+            let _ = stop.write_all(b"x");
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn ixcpd_lists_a_dpdk_port_and_launches_an_echo_server_on_it() {
+    if std::env::var_os(SERVE_ENV).is_some() {
+        return; // a server child of another test runs only that test
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Ixcpd::start();
+    let r = d.json(&["resources"]);
+    let port = &r["ports"][0];
+    assert_eq!(
+        (&port["name"], &port["kind"], &port["queues"]),
+        (&Value::from("nic0"), &Value::from("dpdk"), &Value::from(1)),
+        "{r}"
+    );
+    let table = d.ok(&["resources"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("nic0 "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["nic0", "dpdk", "1", "-"]
+    );
+
+    // ix-echo (built with the dpdk feature, as this test) registers, gets
+    // the port, and libix opens it through DPDK.
+    let launched: Value = serde_json::from_str(&d.ok(&[
+        "launch", "--name", "echo", "--cores", "1", "--port", "nic0", "--json", "--", IX_ECHO,
+        "server",
+    ]))
+    .unwrap();
+    assert_eq!(launched["dataplane"]["state"], "running", "{launched}");
+    // A memif client must not connect before the server's port started:
+    // ix-echo says when it has.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d.logs("echo").contains("ix-echo: port open") {
+        assert!(
+            Instant::now() < deadline,
+            "echo never opened its port:\n{}",
+            d.logs("echo")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let row = d.ok(&["resources"]);
+    assert!(
+        row.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["nic0", "dpdk", "1", "echo"]),
+        "{row}"
+    );
+
+    let cfg = dpdk_config(
+        "client",
+        "ixcpd",
+        &d.dir.path().join("m.sock"),
+        Ipv4Addr::new(10, 9, 2, 2),
+        1,
+    );
+    run_client(cfg, Ipv4Addr::new(10, 9, 2, 1), &|| d.logs("echo"));
 }
