@@ -51,6 +51,9 @@ Examples:
       ix and linux side by side: 16 connections, 64-byte messages, 5 s
   ixctl bench echo --system linux --connections 1 --duration 10 --json
       the Linux baseline alone, one connection, as JSON
+  ixctl bench echo --system ix,ix_dpdk,linux
+      adds our stack over a DPDK net_memif pair (ixctl and ix-echo built
+      with --features dpdk)
 
 Socket: --socket, else $IX_SOCKET, else /run/ix/ixcpd.sock.
 Exit status: 0 success, 1 runtime failure (ixcpd refused or is not running,
@@ -298,6 +301,10 @@ pub enum System {
     Ix,
     /// The Linux kernel's TCP over loopback.
     Linux,
+    /// Our dataplane over a DPDK `net_memif` pair (built with `dpdk`).
+    #[cfg(feature = "dpdk")]
+    #[value(name = "ix_dpdk")]
+    IxDpdk,
 }
 
 impl System {
@@ -306,6 +313,8 @@ impl System {
         match self {
             System::Ix => "ix",
             System::Linux => "linux",
+            #[cfg(feature = "dpdk")]
+            System::IxDpdk => "ix_dpdk",
         }
     }
 }

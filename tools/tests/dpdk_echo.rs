@@ -403,3 +403,35 @@ fn ixcpd_lists_a_dpdk_port_and_launches_an_echo_server_on_it() {
     );
     run_client(cfg, Ipv4Addr::new(10, 9, 2, 1), &|| d.logs("echo"));
 }
+
+#[test]
+fn bench_echo_has_an_ix_dpdk_row() {
+    if std::env::var_os(SERVE_ENV).is_some() {
+        return; // a server child of another test runs only that test
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(IXCTL)
+        .args([
+            "bench",
+            "echo",
+            "--system",
+            "ix_dpdk",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--connections",
+            "4",
+            "--json",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &v["ix_dpdk"];
+    assert!(row["error"].is_null(), "{v}\n{stderr}");
+    assert!(row["rps"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(row["errors"], 0, "{v}");
+}
