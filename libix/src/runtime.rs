@@ -514,7 +514,10 @@ fn dpdk_nic(name: &str, device: &str, vdev: Option<&str>, reg: &Registration) ->
     use dataplane::nic::dpdk::{EalDevice, EalMemory};
     let first_cpu = reg.allocation.cpus.first().copied().unwrap_or(0);
     let (memory, devices) = match vdev {
-        Some(v) => (EalMemory::NoHuge { mb: 512 }, vec![EalDevice::Vdev(v.into())]),
+        Some(v) => (
+            EalMemory::NoHuge { mb: 512 },
+            vec![EalDevice::Vdev(v.into())],
+        ),
         None => (
             EalMemory::Hugepages { mb: None },
             vec![EalDevice::Pci(device.into())],
