@@ -357,7 +357,8 @@ pub struct EalConfig {
 
 impl EalConfig {
     /// Virtual devices only: lcore 0, `--no-huge -m 512`, `--no-pci`, the
-    /// given file prefix, no runtime files, warnings and errors logged.
+    /// given file prefix, no runtime files, only errors logged
+    /// (`--log-level=4`).
     pub fn virtual_devices(file_prefix: &str) -> EalConfig {
         EalConfig {
             lcores: "0".into(),
