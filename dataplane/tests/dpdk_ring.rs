@@ -1,7 +1,8 @@
 //! The DPDK backend on DPDK's in-process virtual devices: `net_ring`
 //! (each queue's TX ring is its own RX ring: a loopback cable per queue)
 //! and `net_null` (a device with an RSS redirection table and key, which
-//! hashes nothing but reports back what was programmed).
+//! hashes nothing but reports back what was programmed: flows hashed with
+//! what it reports spread over its queues exactly as our stack expects).
 //!
 //! One EAL per process: every test calls [`eal`], which initialises it
 //! once (`--no-huge -m 512 --no-pci --no-shconf`, file prefix
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use dataplane::buf::{PktBuf, Pool, BUF_SIZE};
 use dataplane::nic::dpdk::{sys, DpdkError, DpdkPort, Eal, EalConfig, PortConfig};
 use dataplane::nic::QueuePair;
-use dataplane::rss::RssConfig;
+use dataplane::rss::{toeplitz, FlowTuple, RssConfig};
 
 fn eal() -> &'static Eal {
     Eal::init(&EalConfig::virtual_devices("ixtest-dpdk-ring"))
@@ -253,6 +254,24 @@ fn null_device_takes_our_rss_key_and_redirection_table() {
     for (i, &q) in reta.iter().enumerate() {
         assert_eq!(q, rss.reta[i % 128], "entry {i}");
     }
+    // A NIC hashing with the key it reports indexes the table it reports
+    // by the hash's low bits: every flow lands on the queue our stack
+    // expects (RssConfig::queue_for), and the flows spread over both.
+    let device_key = port.device_rss_key().unwrap();
+    let mut per_queue = [0usize; 2];
+    for i in 0..1000u16 {
+        let flow = FlowTuple {
+            src_ip: [10, 1, (i >> 8) as u8, i as u8],
+            dst_ip: [10, 0, 0, 1],
+            src_port: 1024 + i.wrapping_mul(37),
+            dst_port: 80,
+        };
+        let hash = toeplitz(&device_key, &flow.hash_input()) as usize;
+        let q = reta[hash % reta.len()];
+        assert_eq!(q, rss.queue_for(&flow), "flow {flow:?}");
+        per_queue[usize::from(q)] += 1;
+    }
+    assert!(per_queue.iter().all(|&n| n > 400), "{per_queue:?}");
     // Migrating flow groups 3 and 10 to the other queue rewrites their
     // entries and leaves every other alone.
     port.update_flow_groups(&[(3, 0), (10, 1)]).unwrap();
