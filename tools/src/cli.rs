@@ -51,9 +51,6 @@ Examples:
       ix and linux side by side: 16 connections, 64-byte messages, 5 s
   ixctl bench echo --system linux --connections 1 --duration 10 --json
       the Linux baseline alone, one connection, as JSON
-  ixctl bench echo --system ix,ix_dpdk,linux
-      adds our stack over a DPDK net_memif pair (ixctl and ix-echo built
-      with --features dpdk)
 
 Socket: --socket, else $IX_SOCKET, else /run/ix/ixcpd.sock.
 Exit status: 0 success, 1 runtime failure (ixcpd refused or is not running,
@@ -284,7 +281,8 @@ struct EchoArgs {
     #[arg(long)]
     json: bool,
     /// Systems to run, in report order; repeat or separate with commas
-    /// [default: ix,linux].
+    /// [default: ix,linux]. Built with `--features dpdk`, `ix_dpdk` adds our
+    /// stack over a DPDK net_memif pair (`ix-echo` built alike).
     #[arg(
         long = "system",
         value_name = "SYSTEM",
