@@ -1213,6 +1213,51 @@ mod tests {
             .all(|p| p.buffers == 64 && p.mem.len() >= bytes as usize));
     }
 
+    /// A registration for ixcpd's `dpdk` port `net_memif3` (a vdev).
+    fn dpdk_registration(cores: usize, bytes: u64) -> Registration {
+        let mut reg = registration(cores, 64, bytes);
+        reg.port.kind = PortKind::Dpdk {
+            device: "net_memif3".into(),
+            vdev: Some("net_memif3,role=server,socket=/tmp/m3.sock".into()),
+            queues: 2,
+        };
+        reg
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn a_dpdk_port_becomes_an_eal_on_the_first_cpu_and_its_device() {
+        use dataplane::nic::dpdk::{EalDevice, EalMemory};
+        let bytes = 64 * BUF_SIZE as u64;
+        let reg = dpdk_registration(2, bytes);
+        let (cfg, _, _) = from_registration("echo", reg, memfds(2, bytes)).unwrap();
+        let NicConfig::Dpdk { eal, port } = &cfg.nic else {
+            panic!("{:?}", cfg.nic)
+        };
+        assert_eq!(eal.lcores, "0");
+        assert_eq!(eal.memory, EalMemory::NoHuge { mb: 512 });
+        assert_eq!(eal.file_prefix.as_deref(), Some("ix-echo"));
+        assert!(!eal.pci);
+        assert_eq!(
+            eal.devices,
+            [EalDevice::Vdev(
+                "net_memif3,role=server,socket=/tmp/m3.sock".into()
+            )]
+        );
+        assert_eq!(port.name, "net_memif3");
+    }
+
+    #[cfg(not(feature = "dpdk"))]
+    #[test]
+    fn a_dpdk_port_needs_the_dpdk_feature() {
+        let bytes = 64 * BUF_SIZE as u64;
+        let reg = dpdk_registration(1, bytes);
+        let Err(err) = from_registration("echo", reg, memfds(1, bytes)) else {
+            panic!("a dpdk port accepted without the dpdk feature");
+        };
+        assert!(err.to_string().contains("`dpdk` feature"), "{err}");
+    }
+
     #[test]
     fn inconsistent_registrations_are_refused() {
         let bytes = 64 * BUF_SIZE as u64;
