@@ -75,7 +75,8 @@ where
         let name = devargs.split(',').next().unwrap_or(devargs);
         let eal = EalConfig {
             lcores: nic.cpu.unwrap_or(0).to_string(),
-            ..EalConfig::virtual_devices(&format!("{program}-{}", std::process::id()))
+            // No shared runtime files: processes may share the prefix.
+            ..EalConfig::virtual_devices(program)
         };
         let mut port = PortConfig::new(name, 1);
         port.attach = Some(devargs.clone());

@@ -83,7 +83,7 @@ pub fn run_ix_dpdk_echo(params: &EchoParams) -> anyhow::Result<EchoResult> {
     ];
     let eal = EalConfig {
         lcores: params.client_core.to_string(),
-        ..EalConfig::virtual_devices(&format!("ixctl-bench-{}", std::process::id()))
+        ..EalConfig::virtual_devices("ixctl-bench")
     };
     let mut port = PortConfig::new("net_memif_ixc", 1);
     port.attach = Some(format!(
