@@ -9,6 +9,11 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
+# The `dpdk` feature (dpdk-sys): DPDK headers and libraries, pkg-config,
+# and clang/libclang for bindgen and the C shim.
+pkg-config --exists libdpdk 2>/dev/null || need+=(libdpdk-dev pkg-config)
+command -v clang >/dev/null || need+=(clang)
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v python3 >/dev/null || need+=(python3)
 command -v ping >/dev/null || need+=(iputils-ping)
 # The KVS benchmark's third row and the KVS interop tests.

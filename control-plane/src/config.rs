@@ -16,7 +16,7 @@
 //!
 //! [[ports]]
 //! name = "wire0"
-//! kind = "memif"                  # memif | af_packet
+//! kind = "memif"                  # memif | af_packet | dpdk
 //! socket = "/run/ix/wire0.sock"   # memif control socket
 //! role = "master"                 # master | slave
 //! queues = 2                      # RX/TX queue pairs: the most cores a dataplane gets here
@@ -30,6 +30,14 @@
 //! interface = "veth0"
 //! queues = 1                      # default 1; more use a PACKET_FANOUT group
 //! ip = "10.78.0.1/24"
+//!
+//! [[ports]]
+//! name = "nic0"
+//! kind = "dpdk"                   # a DPDK ethdev (dataplanes built with `dpdk`)
+//! device = "0000:01:00.0"         # a PCI address (bound to vfio-pci) or a vdev's name
+//! # vdev = "net_memif0,role=server,socket=/run/ix/m0.sock"  # creates a virtual device
+//! queues = 2
+//! ip = "10.79.0.1/24"
 //! ```
 //!
 //! Validation happens in one place, [`Config::from_toml`], against a
@@ -159,6 +167,17 @@ pub enum PortKind {
         /// RX/TX queue pairs (sockets in one fanout group).
         queues: u16,
     },
+    /// A DPDK ethdev, driven by a dataplane built with the `dpdk` feature.
+    Dpdk {
+        /// The ethdev's name: a PCI address, or the virtual device's name.
+        device: String,
+        /// DPDK device arguments creating a virtual device named `device`
+        /// (`net_memif0,role=server,socket=…`); `None` for a PCI device.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vdev: Option<String>,
+        /// RX/TX queue pairs.
+        queues: u16,
+    },
 }
 
 impl PortKind {
@@ -167,13 +186,16 @@ impl PortKind {
         match self {
             PortKind::Memif { .. } => "memif",
             PortKind::AfPacket { .. } => "af_packet",
+            PortKind::Dpdk { .. } => "dpdk",
         }
     }
 
     /// RX/TX queue pairs the port has.
     pub fn queues(&self) -> u16 {
         match self {
-            PortKind::Memif { queues, .. } | PortKind::AfPacket { queues, .. } => *queues,
+            PortKind::Memif { queues, .. }
+            | PortKind::AfPacket { queues, .. }
+            | PortKind::Dpdk { queues, .. } => *queues,
         }
     }
 }
@@ -512,12 +534,6 @@ pub enum Problem {
     /// No ports configured.
     #[error("no port configured (add a [[ports]] table)")]
     NoPorts,
-    /// A port kind this build does not support.
-    #[error("{kind:?} ports are not supported by this build (use memif or af_packet)")]
-    UnsupportedKind {
-        /// The kind given.
-        kind: String,
-    },
 }
 
 /// One problem found in a config, with the key it is about.
@@ -714,6 +730,12 @@ impl Config {
                 PortKind::AfPacket { interface, .. } => {
                     t.insert("interface".into(), Value::String(interface.clone()));
                 }
+                PortKind::Dpdk { device, vdev, .. } => {
+                    t.insert("device".into(), Value::String(device.clone()));
+                    if let Some(v) = vdev {
+                        t.insert("vdev".into(), Value::String(v.clone()));
+                    }
+                }
             }
             t.insert(
                 "queues".into(),
@@ -774,7 +796,12 @@ const AF_PACKET_KEYS: &[&str] = &[
     "interface",
     "queues",
 ];
-const PORT_KINDS: &[&str] = &["memif", "af_packet"];
+const DPDK_KEYS: &[&str] = &[
+    "name", "kind", "ip", "mac", "gateway", "device", "vdev", "queues",
+];
+const PORT_KINDS: &[&str] = &["memif", "af_packet", "dpdk"];
+/// Longest DPDK device name or device-argument string.
+pub const MAX_DPDK_DEVARGS: usize = 256;
 
 /// Problems collected while validating.
 #[derive(Default)]
@@ -1267,6 +1294,7 @@ fn validate_port(table: &Table, path: String, ck: &mut Check) -> Option<PortConf
     };
     let allowed = match kind_name {
         Some("af_packet") => AF_PACKET_KEYS,
+        Some("dpdk") => DPDK_KEYS,
         _ => MEMIF_KEYS,
     };
     let port = Section::new(table, path, allowed, ck);
@@ -1288,15 +1316,7 @@ fn validate_port(table: &Table, path: String, ck: &mut Check) -> Option<PortConf
     let kind = match port.string("kind", ck).required(ck, &port.key("kind")) {
         Some("memif") => validate_memif(&port, ck),
         Some("af_packet") => validate_af_packet(&port, ck),
-        Some("dpdk") => {
-            ck.report(
-                &port.key("kind"),
-                Problem::UnsupportedKind {
-                    kind: "dpdk".into(),
-                },
-            );
-            None
-        }
+        Some("dpdk") => validate_dpdk(&port, ck),
         Some(other) => {
             ck.report(
                 &port.key("kind"),
@@ -1462,6 +1482,103 @@ fn validate_af_packet(port: &Section<'_>, ck: &mut Check) -> Option<PortKind> {
     })
 }
 
+/// Whether `s` looks like a PCI address: `[domain:]bus:device.function`
+/// in hex (`0000:01:00.0`, `01:00.0`).
+fn is_pci_address(s: &str) -> bool {
+    let Some((rest, function)) = s.rsplit_once('.') else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    let hex = |p: &str, max: usize| {
+        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    let widths: &[usize] = match parts.len() {
+        2 => &[2, 2],
+        3 => &[4, 2, 2],
+        _ => return false,
+    };
+    parts.iter().zip(widths).all(|(p, &w)| hex(p, w)) && hex(function, 1)
+}
+
+fn validate_dpdk(port: &Section<'_>, ck: &mut Check) -> Option<PortKind> {
+    const DEVICE_RULE: &str =
+        "a DPDK device name has 1 to 256 letters, digits, '_', '-', ':' or '.'";
+    let key = port.key("device");
+    let device = port
+        .string("device", ck)
+        .map(|s| {
+            let ok = !s.is_empty()
+                && s.len() <= MAX_DPDK_DEVARGS
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'));
+            if ok {
+                Some(s.to_owned())
+            } else {
+                ck.report(
+                    &key,
+                    Problem::BadName {
+                        value: s.to_owned(),
+                        rule: DEVICE_RULE,
+                    },
+                );
+                None
+            }
+        })
+        .required(ck, &key);
+    let vdev_key = port.key("vdev");
+    let vdev = port.string("vdev", ck).map(|s| {
+        let ok = s.len() <= MAX_DPDK_DEVARGS
+            && !s.contains(|c: char| c.is_whitespace() || c.is_control());
+        if ok {
+            Some(s.to_owned())
+        } else {
+            ck.report(
+                &vdev_key,
+                Problem::BadName {
+                    value: s.to_owned(),
+                    rule: "DPDK device arguments have at most 256 bytes and no spaces",
+                },
+            );
+            None
+        }
+    });
+    let queues = validate_queues(port, ck);
+    let device = device?;
+    let vdev = match vdev {
+        Field::Absent => None,
+        Field::Bad => return None,
+        Field::Ok(v) => Some(v),
+    };
+    match &vdev {
+        Some(v) if v.split(',').next() != Some(device.as_str()) => {
+            ck.report(
+                &vdev_key,
+                Problem::BadName {
+                    value: v.clone(),
+                    rule: "a vdev's name (before the first ',') must be the port's device",
+                },
+            );
+            return None;
+        }
+        None if !is_pci_address(&device) => {
+            ck.report(
+                &key,
+                Problem::BadName {
+                    value: device,
+                    rule: "without `vdev`, the device must be a PCI address such as 0000:01:00.0",
+                },
+            );
+            return None;
+        }
+        _ => {}
+    }
+    Some(PortKind::Dpdk {
+        device,
+        vdev,
+        queues: queues?,
+    })
+}
+
 fn subnet_mask(prefix: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
 }
@@ -1599,6 +1716,18 @@ fn check_port_conflicts(ports: &[(usize, PortConfig)], ck: &mut Check) {
             );
         }
         match &port.kind {
+            PortKind::Dpdk { device, .. } => {
+                let same = |p: &PortConfig| matches!(&p.kind, PortKind::Dpdk { device: other, .. } if other == device);
+                if let Some(j) = first_with(&same) {
+                    ck.report(
+                        &format!("ports[{i}].device"),
+                        Problem::Duplicate {
+                            value: format!("DPDK device {device:?}"),
+                            first: format!("ports[{j}].device"),
+                        },
+                    );
+                }
+            }
             PortKind::AfPacket { interface, .. } => {
                 let same = |p: &PortConfig| matches!(&p.kind, PortKind::AfPacket { interface: other, .. } if other == interface);
                 if let Some(j) = first_with(&same) {
@@ -2005,14 +2134,9 @@ gateway = "10.78.255.254"
             "\"boss\" is not one of: master, slave",
         );
         refused(
-            &PORT.replace("\"memif\"", "\"dpdk\""),
-            "ports[0].kind",
-            "not supported by this build",
-        );
-        refused(
             &PORT.replace("\"memif\"", "\"tap\""),
             "ports[0].kind",
-            "is not one of: memif, af_packet",
+            "is not one of: memif, af_packet, dpdk",
         );
         refused(
             &PORT.replace("/run/ix/wire0.sock", "wire0.sock"),
@@ -2134,6 +2258,82 @@ gateway = "10.78.255.254"
         assert_eq!(Config::from_toml(&text, &host()).unwrap(), config, "{text}");
     }
 
+    const DPDK_PORTS: &str = r#"
+[[ports]]
+name = "nic0"
+kind = "dpdk"
+device = "0000:01:00.0"
+queues = 2
+ip = "10.79.0.1/24"
+[[ports]]
+name = "wire1"
+kind = "dpdk"
+device = "net_memif1"
+vdev = "net_memif1,role=server,socket=/run/ix/m1.sock,socket-abstract=no"
+ip = "10.79.1.1/24"
+"#;
+
+    #[test]
+    fn dpdk_ports_are_read_and_round_trip_through_toml() {
+        let config = parse(DPDK_PORTS).unwrap();
+        assert_eq!(
+            config.ports[0].kind,
+            PortKind::Dpdk {
+                device: "0000:01:00.0".into(),
+                vdev: None,
+                queues: 2
+            }
+        );
+        assert_eq!(config.ports[0].kind.name(), "dpdk");
+        let PortKind::Dpdk { vdev, queues, .. } = &config.ports[1].kind else {
+            panic!("a dpdk port: {:?}", config.ports[1].kind);
+        };
+        assert_eq!(
+            (vdev.as_deref().map(|v| &v[..11]), *queues),
+            (Some("net_memif1,"), 1)
+        );
+        let text = config.to_toml();
+        assert_eq!(Config::from_toml(&text, &host()).unwrap(), config, "{text}");
+    }
+
+    #[test]
+    fn dpdk_ports_are_checked() {
+        let first = &DPDK_PORTS[..DPDK_PORTS.find("[[ports]]\nname = \"wire1\"").unwrap()];
+        refused(
+            &first.replace("0000:01:00.0", "net_ring0"),
+            "ports[0].device",
+            "without `vdev`, the device must be a PCI address",
+        );
+        refused(
+            &first.replace("0000:01:00.0", "eth 0"),
+            "ports[0].device",
+            "a DPDK device name has",
+        );
+        refused(
+            &DPDK_PORTS.replace("vdev = \"net_memif1,", "vdev = \"net_memif2,"),
+            "ports[1].vdev",
+            "must be the port's device",
+        );
+        refused(
+            &first.replace("device = \"0000:01:00.0\"\n", ""),
+            "ports[0].device",
+            "missing",
+        );
+        refused(
+            &format!("{first}socket = \"/x\"\n"),
+            "ports[0].socket",
+            "unknown key (expected one of: name, kind, ip, mac, gateway, device, vdev, queues)",
+        );
+        let twice = DPDK_PORTS.replace("net_memif1", "0000:01:00.0").replace(
+            "vdev = \"0000:01:00.0,role=server,socket=/run/ix/m1.sock,socket-abstract=no\"\n",
+            "",
+        );
+        refused(&twice, "ports[1].device", "DPDK device \"0000:01:00.0\"");
+        for pci in ["01:00.0", "0000:af:1f.7"] {
+            assert!(parse(&first.replace("0000:01:00.0", pci)).is_ok(), "{pci}");
+        }
+    }
+
     #[test]
     fn socket_override_is_checked_and_named() {
         let config = parse(PORT).unwrap();
@@ -2171,8 +2371,9 @@ gateway = "10.78.255.254"
             .join("\n");
         let config = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.cores, vec![0, 1]);
-        assert_eq!(config.ports.len(), 2);
+        assert_eq!(config.ports.len(), 3);
         assert_eq!(config.ports[1].kind.name(), "af_packet");
+        assert_eq!(config.ports[2].kind.name(), "dpdk");
     }
 
     #[test]

@@ -49,6 +49,8 @@ use dataplane::elastic::{CoreConfig, CoreCounters, ElasticThread, DEFAULT_BATCH}
 use dataplane::mem::SharedMem;
 use dataplane::net::iface::IfaceConfig;
 use dataplane::nic::af_packet::{AfPacketConfig, AfPacketPort, AfPacketQueue};
+#[cfg(feature = "dpdk")]
+use dataplane::nic::dpdk::{DpdkPort, DpdkQueue, EalConfig, PortConfig};
 use dataplane::nic::fault::{FaultConfig, FaultyQueue};
 use dataplane::nic::memif::{MemifConfig, MemifPort, MemifQueue, MemifRole, Steering};
 use dataplane::nic::{QueuePair, QueueStats};
@@ -81,6 +83,10 @@ pub enum IxError {
         /// Cause.
         source: dataplane::nic::af_packet::AfPacketError,
     },
+    /// The DPDK port could not be opened or its queue claimed.
+    #[cfg(feature = "dpdk")]
+    #[error("DPDK: {0}")]
+    Dpdk(#[from] dataplane::nic::dpdk::DpdkError),
     /// The fault-injection settings are invalid.
     #[error("fault injection: {0}")]
     Fault(#[from] dataplane::nic::fault::FaultError),
@@ -155,6 +161,17 @@ pub enum NicConfig {
         /// Interface name, e.g. one end of a veth pair.
         ifname: String,
     },
+    /// A DPDK port (one queue pair per core): the EAL is initialised with
+    /// `eal` (once per process), the port opened with `port`, whose queue
+    /// count, RSS table and MAC address the runtime sets from the
+    /// configuration's cores and `mac`.
+    #[cfg(feature = "dpdk")]
+    Dpdk {
+        /// EAL arguments.
+        eal: EalConfig,
+        /// The port.
+        port: PortConfig,
+    },
 }
 
 /// Everything a dataplane needs to start.
@@ -215,6 +232,13 @@ impl Config {
             steering: Steering::None,
         });
         Self::with_nic(nic, ip)
+    }
+
+    /// A one-core dataplane on a DPDK port: `eal` starts DPDK (once per
+    /// process), `port` names the device (see [`NicConfig::Dpdk`]).
+    #[cfg(feature = "dpdk")]
+    pub fn dpdk(eal: EalConfig, port: PortConfig, ip: Ipv4Addr) -> Config {
+        Self::with_nic(NicConfig::Dpdk { eal, port }, ip)
     }
 
     /// A one-core dataplane on an af_packet socket bound to `ifname`.
@@ -457,6 +481,14 @@ fn from_registration(
         PortKind::AfPacket { interface, .. } => NicConfig::AfPacket {
             ifname: interface.clone(),
         },
+        #[cfg(feature = "dpdk")]
+        PortKind::Dpdk { device, vdev, .. } => dpdk_nic(name, device, vdev.as_deref(), &reg),
+        #[cfg(not(feature = "dpdk"))]
+        PortKind::Dpdk { .. } => {
+            return Err(IxError::Mismatch(
+                "the port is a DPDK device: build the program with libix's `dpdk` feature",
+            ))
+        }
     };
     let mut config = Config::with_nic(nic, port.ip);
     config.prefix_len = port.prefix;
@@ -473,12 +505,50 @@ fn from_registration(
     Ok((config, pools, stats))
 }
 
+/// The EAL and port of an ixcpd `dpdk` port: the EAL's lcore is the
+/// dataplane's first CPU, its runtime files are named after the dataplane;
+/// a virtual device runs without hugepages or PCI, a PCI device (bound to
+/// vfio-pci) with hugepages, probed alone.
+#[cfg(feature = "dpdk")]
+fn dpdk_nic(name: &str, device: &str, vdev: Option<&str>, reg: &Registration) -> NicConfig {
+    use dataplane::nic::dpdk::{EalDevice, EalMemory};
+    let first_cpu = reg.allocation.cpus.first().copied().unwrap_or(0);
+    let (memory, devices) = match vdev {
+        Some(v) => (
+            EalMemory::NoHuge { mb: 512 },
+            vec![EalDevice::Vdev(v.into())],
+        ),
+        None => (
+            EalMemory::Hugepages { mb: None },
+            vec![EalDevice::Pci(device.into())],
+        ),
+    };
+    let eal = EalConfig {
+        lcores: first_cpu.to_string(),
+        memory,
+        file_prefix: Some(format!("ix-{name}")),
+        runtime_files: false,
+        pci: vdev.is_none(),
+        devices,
+        log_level: Some(4),
+        extra: Vec::new(),
+    };
+    NicConfig::Dpdk {
+        eal,
+        port: PortConfig::new(device, 1),
+    }
+}
+
 /// The queue pair of one core, whichever backend it is.
 enum AnyQueue {
     Memif(MemifQueue),
     AfPacket(AfPacketQueue),
     FaultyMemif(FaultyQueue<MemifQueue>),
     FaultyAfPacket(FaultyQueue<AfPacketQueue>),
+    #[cfg(feature = "dpdk")]
+    Dpdk(DpdkQueue),
+    #[cfg(feature = "dpdk")]
+    FaultyDpdk(FaultyQueue<DpdkQueue>),
 }
 
 macro_rules! each_queue {
@@ -488,6 +558,10 @@ macro_rules! each_queue {
             AnyQueue::AfPacket($q) => $e,
             AnyQueue::FaultyMemif($q) => $e,
             AnyQueue::FaultyAfPacket($q) => $e,
+            #[cfg(feature = "dpdk")]
+            AnyQueue::Dpdk($q) => $e,
+            #[cfg(feature = "dpdk")]
+            AnyQueue::FaultyDpdk($q) => $e,
         }
     };
 }
@@ -513,6 +587,8 @@ impl QueuePair for AnyQueue {
 enum Port {
     Memif(Arc<MemifPort>),
     AfPacket(String),
+    #[cfg(feature = "dpdk")]
+    Dpdk(DpdkPort),
 }
 
 /// What one core did, reported when the dataplane stops.
@@ -775,6 +851,7 @@ impl Dataplane {
     {
         cfg.validate()?;
         let queues = cfg.cores.len() as u16;
+        let rss = RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS);
         let port = match &cfg.nic {
             NicConfig::Memif(m) => {
                 let mut m = m.clone();
@@ -793,10 +870,22 @@ impl Dataplane {
                 Port::Memif(Arc::new(port))
             }
             NicConfig::AfPacket { ifname } => Port::AfPacket(ifname.clone()),
+            #[cfg(feature = "dpdk")]
+            NicConfig::Dpdk { eal, port } => {
+                let eal = dataplane::nic::dpdk::Eal::init(eal)?;
+                // One queue pair per core, hashed (where the device can)
+                // with the table the cores use to pick local ports.
+                let port = PortConfig {
+                    queues,
+                    rss: Some(rss.clone()),
+                    mac: Some(cfg.mac),
+                    ..port.clone()
+                };
+                Port::Dpdk(DpdkPort::open(eal, &port)?)
+            }
         };
         let port = Arc::new(port);
         let factory = Arc::new(factory);
-        let rss = RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS);
         let (opened_tx, opened_rx) = mpsc::channel();
         let mut threads = Vec::new();
         let mut counters = Vec::new();
@@ -942,7 +1031,7 @@ fn open_queue(
             let memif_err = |source| IxError::Memif {
                 path: match &cfg.nic {
                     NicConfig::Memif(m) => m.socket_path.clone(),
-                    NicConfig::AfPacket { .. } => PathBuf::new(),
+                    _ => PathBuf::new(),
                 },
                 source,
             };
@@ -963,6 +1052,21 @@ fn open_queue(
             match cfg.faults.clone() {
                 Some(f) => AnyQueue::FaultyAfPacket(FaultyQueue::new(aq, f)?),
                 None => AnyQueue::AfPacket(aq),
+            }
+        }
+        #[cfg(feature = "dpdk")]
+        Port::Dpdk(p) => {
+            let deadline = std::time::Instant::now() + cfg.link_timeout;
+            while !p.link_up() {
+                if stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline {
+                    break; // the stack runs; frames flow once the link is up
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let dq = p.queue(q, pool)?;
+            match cfg.faults.clone() {
+                Some(f) => AnyQueue::FaultyDpdk(FaultyQueue::new(dq, f)?),
+                None => AnyQueue::Dpdk(dq),
             }
         }
     };
@@ -1116,6 +1220,51 @@ mod tests {
         assert!(pools
             .iter()
             .all(|p| p.buffers == 64 && p.mem.len() >= bytes as usize));
+    }
+
+    /// A registration for ixcpd's `dpdk` port `net_memif3` (a vdev).
+    fn dpdk_registration(cores: usize, bytes: u64) -> Registration {
+        let mut reg = registration(cores, 64, bytes);
+        reg.port.kind = PortKind::Dpdk {
+            device: "net_memif3".into(),
+            vdev: Some("net_memif3,role=server,socket=/tmp/m3.sock".into()),
+            queues: 2,
+        };
+        reg
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn a_dpdk_port_becomes_an_eal_on_the_first_cpu_and_its_device() {
+        use dataplane::nic::dpdk::{EalDevice, EalMemory};
+        let bytes = 64 * BUF_SIZE as u64;
+        let reg = dpdk_registration(2, bytes);
+        let (cfg, _, _) = from_registration("echo", reg, memfds(2, bytes)).unwrap();
+        let NicConfig::Dpdk { eal, port } = &cfg.nic else {
+            panic!("{:?}", cfg.nic)
+        };
+        assert_eq!(eal.lcores, "0");
+        assert_eq!(eal.memory, EalMemory::NoHuge { mb: 512 });
+        assert_eq!(eal.file_prefix.as_deref(), Some("ix-echo"));
+        assert!(!eal.pci);
+        assert_eq!(
+            eal.devices,
+            [EalDevice::Vdev(
+                "net_memif3,role=server,socket=/tmp/m3.sock".into()
+            )]
+        );
+        assert_eq!(port.name, "net_memif3");
+    }
+
+    #[cfg(not(feature = "dpdk"))]
+    #[test]
+    fn a_dpdk_port_needs_the_dpdk_feature() {
+        let bytes = 64 * BUF_SIZE as u64;
+        let reg = dpdk_registration(1, bytes);
+        let Err(err) = from_registration("echo", reg, memfds(1, bytes)) else {
+            panic!("a dpdk port accepted without the dpdk feature");
+        };
+        assert!(err.to_string().contains("`dpdk` feature"), "{err}");
     }
 
     #[test]

@@ -283,7 +283,8 @@ struct EchoArgs {
     #[arg(long)]
     json: bool,
     /// Systems to run, in report order; repeat or separate with commas
-    /// [default: ix,linux].
+    /// [default: ix,linux]. Built with `--features dpdk`, `ix_dpdk` adds our
+    /// stack over a DPDK net_memif pair (`ix-echo` built alike).
     #[arg(
         long = "system",
         value_name = "SYSTEM",
@@ -300,6 +301,10 @@ pub enum System {
     Ix,
     /// The Linux kernel's TCP over loopback.
     Linux,
+    /// Our dataplane over a DPDK `net_memif` pair (built with `dpdk`).
+    #[cfg(feature = "dpdk")]
+    #[value(name = "ix_dpdk")]
+    IxDpdk,
 }
 
 impl System {
@@ -308,6 +313,8 @@ impl System {
         match self {
             System::Ix => "ix",
             System::Linux => "linux",
+            #[cfg(feature = "dpdk")]
+            System::IxDpdk => "ix_dpdk",
         }
     }
 }

@@ -67,6 +67,8 @@ fn bench_echo(echo: &BenchEcho, out: &mut dyn Write) -> anyhow::Result<Report> {
             let run = match system {
                 System::Ix => ix_echo::run_ix_echo(&echo.params),
                 System::Linux => linux_echo::run_linux_echo(&echo.params),
+                #[cfg(feature = "dpdk")]
+                System::IxDpdk => ix_echo::run_ix_dpdk_echo(&echo.params),
             };
             Row::from_run(system.name(), run)
         })

@@ -10,9 +10,12 @@
 //! Backends: [`memif`] (shared-memory packet interface, DPDK/VPP
 //! compatible), [`af_packet`] (TPACKET_V3 rings on a Linux interface),
 //! [`fault`] (a wrapper injecting loss, duplication, reordering and
-//! corruption for tests).
+//! corruption for tests), and with the `dpdk` cargo feature `dpdk` (any
+//! DPDK ethdev: NICs and DPDK's virtual devices).
 
 pub mod af_packet;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod fault;
 pub mod memif;
 pub mod pipe;

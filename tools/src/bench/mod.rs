@@ -1,7 +1,7 @@
 //! Benchmarks that compare our dataplane with the Linux kernel.
 //!
 //! Each benchmark runs the same application logic on every *system* (`ix`,
-//! `linux`, later `ix_kvm`, `ix_dpdk`) and produces one
+//! `linux`, `ix_dpdk` with the `dpdk` feature, later `ix_kvm`) and produces one
 //! [`report::EchoResult`] per system; [`report::Report`] prints them side by
 //! side with the ratio to Linux. The echo benchmark is a closed loop: every
 //! connection has exactly one request of `message_size` bytes in flight,

@@ -7,7 +7,9 @@
 //! ```
 //!
 //! The server is the memif master (it creates the socket); the client is
-//! the slave. The client verifies every echoed byte and prints RPC/s and
+//! the slave. Built with the `dpdk` feature, `--dpdk-vdev DEVARGS` runs
+//! either role on a DPDK virtual device instead (e.g.
+//! `net_memif0,role=server,socket=/tmp/m.sock,socket-abstract=no`). The client verifies every echoed byte and prints RPC/s and
 //! p50/p99 round-trip latency.
 //!
 //! Without `--memif`, either role runs as a dataplane of ixcpd: it
