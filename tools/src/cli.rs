@@ -589,7 +589,9 @@ fn validate_launch(l: LaunchCli) -> Result<LaunchArgs, UsageError> {
     })
 }
 
-fn resolve_program(program: &str, cwd: &Path) -> Option<PathBuf> {
+/// The executable `program` names: a path (relative to `cwd`) when it
+/// contains a `/`, else the first match in `PATH`.
+pub(crate) fn resolve_program(program: &str, cwd: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         p.metadata()

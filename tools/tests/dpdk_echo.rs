@@ -21,21 +21,21 @@
 //!
 //! Built only with `--features dpdk`.
 
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use control_plane::host::Host;
-use control_plane::server::Server as Daemon;
 use dataplane::nic::dpdk::{EalConfig, PortConfig};
 use ix_tools::echo::{
     EchoClient, EchoClientConfig, EchoClientResult, EchoServer, MessageSize, ResultSink,
 };
 use libix::{Config, Dataplane};
 use serde_json::Value;
+use support::{Ixcpd, IXCTL};
+
+mod support;
 
 const SERVE_ENV: &str = "IX_DPDK_ECHO_SERVE";
 /// What the server prints once its port is started.
@@ -234,113 +234,25 @@ fn echo_between_two_two_core_dataplanes_over_dpdk_memif() {
     );
 }
 
-const IXCTL: &str = env!("CARGO_BIN_EXE_ixctl");
 const IX_ECHO: &str = env!("CARGO_BIN_EXE_ix-echo");
 
-/// ixcpd on a thread of this process; on drop its dataplanes are killed
-/// and it stops.
-struct Ixcpd {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    stop: Option<std::io::PipeWriter>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// An ixcpd on a thread with one port: `nic0`, a DPDK `net_memif` server
+/// device on `m.sock` in the daemon's directory, 10.9.2.1/24.
+fn start_ixcpd() -> Ixcpd {
+    Ixcpd::start_with("ix-dpdk-ixcpd-", |dir| {
+        format!(
+            "[[ports]]\nname = \"nic0\"\nkind = \"dpdk\"\ndevice = \"net_memif_nic0\"\n\
+             vdev = \"net_memif_nic0,role=server,id=0,socket={},socket-abstract=no\"\n\
+             queues = 1\nip = \"10.9.2.1/24\"\n",
+            dir.join("m.sock").display()
+        )
+    })
 }
 
 impl Ixcpd {
-    /// One port: `nic0`, a DPDK `net_memif` server device on `m.sock` in
-    /// the daemon's directory, 10.9.2.1/24.
-    fn start() -> Ixcpd {
-        let dir = tempfile::Builder::new()
-            .prefix("ix-dpdk-ixcpd-")
-            .tempdir()
-            .unwrap();
-        let socket = dir.path().join("ixcpd.sock");
-        let memif = dir.path().join("m.sock");
-        let text = format!(
-            "cores = \"all\"\nmemory = \"64 MiB\"\nhugepages = \"off\"\n\
-             [api]\nsocket = {socket:?}\n\
-             [[ports]]\nname = \"nic0\"\nkind = \"dpdk\"\ndevice = \"net_memif_nic0\"\n\
-             vdev = \"net_memif_nic0,role=server,id=0,socket={},socket-abstract=no\"\n\
-             queues = 1\nip = \"10.9.2.1/24\"\n",
-            memif.display()
-        );
-        let config = control_plane::config::Config::from_toml(&text, &Host::probe()).unwrap();
-        let mut server = Daemon::bind(config).unwrap();
-        let (rd, wr) = std::io::pipe().unwrap();
-        let thread = std::thread::spawn(move || {
-            use std::os::fd::AsFd;
-            server.run(rd.as_fd()).unwrap();
-        });
-        Ixcpd {
-            dir,
-            socket,
-            stop: Some(wr),
-            thread: Some(thread),
-        }
-    }
-
-    /// Runs ixctl against this daemon, expecting success; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = Command::new(IXCTL)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ixctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        serde_json::from_str(&self.ok(&args)).unwrap()
-    }
-
     /// What ixcpd shows of dataplane `name`'s output.
     fn logs(&self, name: &str) -> String {
-        Command::new(IXCTL)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["logs", name])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Ixcpd {
-    fn drop(&mut self) {
-        if let Ok(out) = Command::new(IXCTL)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["status", "--json"])
-            .output()
-        {
-            if let Ok(status) = serde_json::from_slice::<Value>(&out.stdout) {
-                for pid in status["dataplanes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|d| d["pid"].as_i64())
-                {
-                    // SAFETY: kill() takes no pointers; a dataplane this
-                    // daemon launched for the test.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                }
-            }
-        }
-        if let Some(mut stop) = self.stop.take() {
-            let _ = stop.write_all(b"x");
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        String::from_utf8_lossy(&self.ixctl(&["logs", name]).stdout).into_owned()
     }
 }
 
@@ -350,7 +262,7 @@ fn ixcpd_lists_a_dpdk_port_and_launches_an_echo_server_on_it() {
         return; // a server child of another test runs only that test
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let d = Ixcpd::start();
+    let d = start_ixcpd();
     let r = d.json(&["resources"]);
     let port = &r["ports"][0];
     assert_eq!(

@@ -16,6 +16,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libix::{App, Conn, Cx, Dead, RxBuf, TxBuf};
+use support::Ixcpd;
+
+mod support;
 
 const IXKVS: &str = env!("CARGO_BIN_EXE_ixkvs");
 
@@ -671,70 +674,19 @@ fn ix_server_on_memif_with_two_cores_serves_a_libix_client() {
 
 /// An ixcpd on a thread of this process with one memif port, `wire0`
 /// (master, 10.77.0.1); stops its dataplanes and itself when dropped.
-struct Ixcpd {
-    _dir: tempfile::TempDir,
-    socket: std::path::PathBuf,
-    wire: std::path::PathBuf,
-    stop: Option<std::io::PipeWriter>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-const IXCTL: &str = env!("CARGO_BIN_EXE_ixctl");
-
-impl Ixcpd {
-    fn start() -> Ixcpd {
-        use control_plane::{config::Config, host::Host, server::Server};
-        let dir = tempfile::Builder::new().prefix("ixkvs-").tempdir().unwrap();
-        let socket = dir.path().join("ixcpd.sock");
-        let wire = dir.path().join("wire0.sock");
-        let text = format!(
-            "cores = \"all\"\nmemory = \"64 MiB\"\nhugepages = \"off\"\n\
-             [api]\nsocket = {socket:?}\n\
-             [[ports]]\nname = \"wire0\"\nkind = \"memif\"\nsocket = {wire:?}\nrole = \"master\"\n\
+fn start_ixcpd() -> Ixcpd {
+    Ixcpd::start_with("ixkvs-", |dir| {
+        let wire = dir.join("wire0.sock");
+        format!(
+            "[[ports]]\nname = \"wire0\"\nkind = \"memif\"\nsocket = {wire:?}\nrole = \"master\"\n\
              queues = 1\nip = \"10.77.0.1/24\"\n"
-        );
-        let config = Config::from_toml(&text, &Host::probe()).unwrap();
-        let mut server = Server::bind(config).unwrap();
-        let (rd, wr) = std::io::pipe().unwrap();
-        let thread = std::thread::spawn(move || {
-            use std::os::fd::AsFd;
-            server.run(rd.as_fd()).unwrap();
-        });
-        Ixcpd {
-            _dir: dir,
-            socket,
-            wire,
-            stop: Some(wr),
-            thread: Some(thread),
-        }
-    }
-
-    fn ixctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(IXCTL)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("running ixctl")
-    }
-}
-
-impl Drop for Ixcpd {
-    fn drop(&mut self) {
-        let _ = self.ixctl(&["stop", "kvs"]);
-        if let Some(mut stop) = self.stop.take() {
-            let _ = stop.write_all(b"x");
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+        )
+    })
 }
 
 #[test]
 fn ixkvs_launched_by_ixctl_runs_on_what_ixcpd_allocated() {
-    let d = Ixcpd::start();
+    let d = start_ixcpd();
     let out = d.ixctl(&[
         "launch", "--name", "kvs", "--cores", "1", "--port", "wire0", "--json", "--", IXKVS,
         "--stack", "ix",
@@ -759,7 +711,10 @@ fn ixkvs_launched_by_ixctl_runs_on_what_ixcpd_allocated() {
         ),
     ];
     let results = Arc::new(Mutex::new(Vec::new()));
-    let mut cfg = libix::Config::memif_slave(&d.wire, "10.77.0.2".parse().unwrap());
+    let mut cfg = libix::Config::memif_slave(
+        d.dir.path().join("wire0.sock"),
+        "10.77.0.2".parse().unwrap(),
+    );
     cfg.link_timeout = Duration::from_secs(30);
     let (r, done) = (results.clone(), Arc::new(AtomicBool::new(false)));
     let client = libix::Dataplane::start(cfg, move |_| StepClient {

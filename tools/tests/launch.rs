@@ -9,89 +9,34 @@
 //! launched programs are its children. Every test ends its dataplanes and
 //! the daemon on the way out, also when it fails.
 
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use control_plane::config::Config;
-use control_plane::host::Host;
-use control_plane::server::Server;
 use ix_tools::echo::{EchoClient, EchoClientConfig, EchoClientResult, MessageSize, ResultSink};
 use serde_json::Value;
+use support::{Ixcpd, IXCTL};
 
-const IXCTL: &str = env!("CARGO_BIN_EXE_ixctl");
+mod support;
+
 const IX_ECHO: &str = env!("CARGO_BIN_EXE_ix-echo");
 
 /// An ixcpd on a thread, with a memif wire `wire0` (master, 10.77.0.1)
 /// and `wire0-peer` (slave, 10.77.0.2) in its own temporary directory.
-struct Ixcpd {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    stop: Option<std::io::PipeWriter>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Ixcpd {
-    fn start() -> Ixcpd {
-        let dir = tempfile::Builder::new()
-            .prefix("ix-launch-")
-            .tempdir()
-            .unwrap();
-        let socket = dir.path().join("ixcpd.sock");
-        let wire = dir.path().join("wire0.sock");
-        let text = format!(
-            "cores = \"all\"\nmemory = \"64 MiB\"\nhugepages = \"off\"\n\
-             [api]\nsocket = {socket:?}\n\
-             [[ports]]\nname = \"wire0\"\nkind = \"memif\"\nsocket = {wire:?}\nrole = \"master\"\n\
+fn start_ixcpd() -> Ixcpd {
+    Ixcpd::start_with("ix-launch-", |dir| {
+        let wire = dir.join("wire0.sock");
+        format!(
+            "[[ports]]\nname = \"wire0\"\nkind = \"memif\"\nsocket = {wire:?}\nrole = \"master\"\n\
              queues = 2\nip = \"10.77.0.1/24\"\n\
              [[ports]]\nname = \"wire0-peer\"\nkind = \"memif\"\nsocket = {wire:?}\n\
              role = \"slave\"\nqueues = 2\nip = \"10.77.0.2/24\"\n"
-        );
-        let config = Config::from_toml(&text, &Host::probe()).unwrap();
-        let mut server = Server::bind(config).unwrap();
-        let (rd, wr) = std::io::pipe().unwrap();
-        let thread = std::thread::spawn(move || {
-            use std::os::fd::AsFd;
-            server.run(rd.as_fd()).unwrap();
-        });
-        Ixcpd {
-            dir,
-            socket,
-            stop: Some(wr),
-            thread: Some(thread),
-        }
-    }
+        )
+    })
+}
 
-    fn ixctl(&self, args: &[&str]) -> Output {
-        Command::new(IXCTL)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("running ixctl")
-    }
-
-    /// Runs ixctl, expecting success; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.ixctl(args);
-        assert!(
-            out.status.success(),
-            "ixctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        serde_json::from_str(&self.ok(&args)).unwrap()
-    }
-
+impl Ixcpd {
     fn launch(&self, name: &str, port: &str, app: &[&str]) -> Value {
         let mut args = vec![
             "launch", "--name", name, "--cores", "1", "--port", port, "--json", "--",
@@ -137,45 +82,13 @@ impl Ixcpd {
     }
 }
 
-impl Drop for Ixcpd {
-    fn drop(&mut self) {
-        // End every dataplane still running, then the daemon.
-        if self.thread.is_some() {
-            if let Ok(out) = Command::new(IXCTL)
-                .arg("--socket")
-                .arg(&self.socket)
-                .args(["status", "--json"])
-                .output()
-            {
-                if let Ok(status) = serde_json::from_slice::<Value>(&out.stdout) {
-                    for pid in status["dataplanes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|d| d["pid"].as_i64())
-                    {
-                        // SAFETY: kill() takes no pointers.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    }
-                }
-            }
-        }
-        if let Some(mut stop) = self.stop.take() {
-            let _ = stop.write_all(b"x");
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
 fn launched_echo_serves_a_launched_client_and_kill_9_frees_everything() {
-    let d = Ixcpd::start();
+    let d = start_ixcpd();
     let total = d.cores();
     assert_eq!(d.free(), (total, 0, 2));
 
@@ -311,7 +224,7 @@ fn launched_echo_serves_a_launched_client_and_kill_9_frees_everything() {
 
 #[test]
 fn a_program_that_fails_before_registering_reports_its_output() {
-    let d = Ixcpd::start();
+    let d = start_ixcpd();
     let out = d.ixctl(&[
         "launch",
         "--name",
@@ -351,7 +264,7 @@ fn a_program_that_fails_before_registering_reports_its_output() {
 /// the time from `ixctl launch` to the first request served.
 #[test]
 fn launch_to_first_echo_served_is_measured() {
-    let d = Ixcpd::start();
+    let d = start_ixcpd();
     let t0 = Instant::now();
     let echo = d.launch("echo", "wire0", &[IX_ECHO, "server"]);
     let launched = t0.elapsed();

@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use ix_tools::echo::{EchoClient, EchoClientConfig, EchoClientResult, MessageSize, ResultSink};
 use serde_json::Value;
+use support::{ixctl_json, ixctl_ok, IXCTL};
 
-const IXCTL: &str = env!("CARGO_BIN_EXE_ixctl");
+mod support;
+
 const IX_ECHO: &str = env!("CARGO_BIN_EXE_ix-echo");
 
 /// A directory with an ixcpd config (memif wire `wire0` master 10.77.0.1,
@@ -102,29 +104,15 @@ impl Site {
     }
 
     fn ixctl(&self, args: &[&str]) -> Output {
-        Command::new(IXCTL)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("running ixctl")
+        support::ixctl(&self.socket, args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.ixctl(args);
-        assert!(
-            out.status.success(),
-            "ixctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        ixctl_ok(&self.socket, args)
     }
 
     fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        serde_json::from_str(&self.ok(&args)).unwrap()
+        ixctl_json(&self.socket, args)
     }
 
     /// Launches `ix-echo server` as dataplane `name` on wire0; its pid.

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::bench::embedded::EmbeddedIxcpd;
 use crate::bench::ix_echo::sibling_binary;
+use crate::cli::resolve_program;
 use crate::load::sweep::Search;
 use crate::load::{
     self, LoadParams, Planner, PointResult, SweepParams, SweepResult, Target, Transport,
@@ -321,7 +322,8 @@ impl Server {
                 Ok(Server::over_loopback(child, server, params))
             }
             KvsSystem::Memcached => {
-                let bin = which("memcached").context(
+                let cwd = std::env::current_dir().context("reading the current directory")?;
+                let bin = resolve_program("memcached", &cwd).context(
                     "memcached not installed (scripts/setup.sh installs Debian's memcached)",
                 )?;
                 let port = free_port()?;
@@ -329,7 +331,7 @@ impl Server {
                 cmd.args(["-U", "0", "-l", "127.0.0.1", "-t", "1", "-c", "4096"])
                     .args(["-p", &port.to_string(), "-m", &memory]);
                 // memcached refuses to run as root unless told which user.
-                if is_root() {
+                if control_plane::sys::euid() == 0 {
                     cmd.args(["-u", "root"]);
                 }
                 let child = spawn(&mut cmd, &bin)?;
@@ -439,24 +441,6 @@ fn wait_for_connect(child: &mut Child, addr: SocketAddrV4) -> anyhow::Result<()>
 fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// One system's entry in the JSON report.
