@@ -11,129 +11,36 @@
 //! when the test fails. Built only with `--features dpdk`; prints
 //! `SKIPPED: ...` when `dpdk-testpmd` is not installed.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+mod support;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use support::{testpmd_binary, Spec, Testpmd, SERIAL};
 
 use dataplane::buf::{PktBuf, Pool};
 use dataplane::nic::dpdk::{DpdkPort, DpdkQueue, Eal, EalConfig, PortConfig};
 use dataplane::nic::QueuePair;
-
-/// testpmd busy-polls a core: one instance at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 fn eal() -> &'static Eal {
     Eal::init(&EalConfig::virtual_devices("ixtest-dpdk-testpmd"))
         .expect("EAL starts with virtual devices only")
 }
 
-fn testpmd_binary() -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("dpdk-testpmd"))
-        .find(|p| p.is_file())
-}
-
-/// A running testpmd with a memif server port; killed, and its socket,
-/// logs and runtime directory removed, on drop.
-struct Testpmd {
-    child: Child,
-    dir: PathBuf,
-    prefix: String,
-}
-
-impl Testpmd {
-    fn start(bin: &Path, tag: &str, queues: u16) -> Testpmd {
-        let prefix = format!("ixtestpmd{}{tag}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let vdev = format!(
-            "net_memif0,role=server,id=0,socket={},socket-abstract=no",
-            dir.join("memif.sock").display()
-        );
-        let child = Command::new(bin)
-            .args([
-                "-l",
-                "0-1",
-                "--no-huge",
-                "-m",
-                "512",
-                "--no-pci",
-                &format!("--file-prefix={prefix}"),
-                &format!("--vdev={vdev}"),
-                "--",
-                "--forward-mode=macswap",
-                "--port-topology=loop",
-                "--nb-cores=1",
-                "--total-num-mbufs=16384",
-                &format!("--rxq={queues}"),
-                &format!("--txq={queues}"),
-                "--stats-period",
-                "1",
-                "--auto-start",
-            ])
-            .stdin(Stdio::null())
-            .stdout(File::create(dir.join("out.log")).unwrap())
-            .stderr(File::create(dir.join("err.log")).unwrap())
-            .spawn()
-            .unwrap();
-        Testpmd { child, dir, prefix }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("memif.sock")
-    }
-
-    /// The end of testpmd's output, for failure messages.
-    fn output(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
-        let (out, err) = (read("out.log"), read("err.log"));
-        let tail = |s: &str| {
-            let lines: Vec<&str> = s.lines().collect();
-            lines[lines.len().saturating_sub(25)..].join("\n")
-        };
-        format!(
-            "--- testpmd stdout\n{}\n--- stderr\n{}",
-            tail(&out),
-            tail(&err)
-        )
-    }
-
-    /// Waits until testpmd forwards (its socket exists and it printed its
-    /// first statistics), failing fast if it died.
-    fn wait_started(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("testpmd exited ({status}):\n{}", self.output());
-            }
-            let out = std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
-            if self.socket().exists() && out.contains("Port statistics") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "testpmd did not start:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
-    }
+/// testpmd with a memif server port, forwarding in macswap mode.
+fn testpmd(bin: &Path, tag: &str, queues: u16) -> Testpmd {
+    let mut pmd = Testpmd::start(
+        bin,
+        &Spec {
+            tag,
+            role: "server",
+            forward: "macswap",
+            queues,
+            abstract_socket: None,
+        },
+    );
+    pmd.wait_started(Duration::from_secs(60));
+    pmd
 }
 
 /// Our memif client port to testpmd's socket.
@@ -247,8 +154,7 @@ fn testpmd_macswaps_every_frame_back_intact() {
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut pmd = Testpmd::start(&bin, "one", 1);
-    pmd.wait_started();
+    let pmd = testpmd(&bin, "one", 1);
     let port = client_port(&pmd, "one", 1);
     assert_eq!(port.driver(), "net_memif");
     let mut q = port.queue(0, Pool::new(1, 2048, false).unwrap()).unwrap();
@@ -264,8 +170,7 @@ fn testpmd_macswaps_on_each_of_two_queues() {
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut pmd = Testpmd::start(&bin, "two", 2);
-    pmd.wait_started();
+    let pmd = testpmd(&bin, "two", 2);
     let port = client_port(&pmd, "two", 2);
     // memif pairs queue k with the peer's queue k, and testpmd forwards
     // queue k's frames back on queue k.

@@ -4,178 +4,56 @@
 //! testpmd as the server and our port as the slave, and the other way
 //! round.
 //!
-//! testpmd runs in the background with `--stats-period` (without it a
-//! non-interactive testpmd exits at end of input) on two lcores, without
-//! hugepages or PCI. It is killed and its socket and runtime directory
+//! testpmd runs in the background (see `support`), killed and its files
 //! removed at the end, also when the test fails. Prints `SKIPPED: ...`
 //! when `dpdk-testpmd` is not installed.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+mod support;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use support::{testpmd_binary, workdir, Spec, Testpmd, SERIAL};
 
 use dataplane::buf::{PktBuf, Pool};
 use dataplane::nic::memif::{MemifConfig, MemifPort, MemifQueue, MemifRole};
 use dataplane::nic::QueuePair;
 
-/// testpmd busy-polls both cores: run one instance at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn testpmd_binary() -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("dpdk-testpmd"))
-        .find(|p| p.is_file())
-}
-
-/// A directory for the socket and logs, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ix-memif-dpdk-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running testpmd; killed, and its runtime directory removed, on drop.
-struct Testpmd {
-    child: Child,
-    dir: PathBuf,
-    log: PathBuf,
-    prefix: String,
-}
-
-impl Testpmd {
-    /// Starts testpmd with one memif port. The socket is `memif.sock` in
-    /// `dir`, or the abstract address `abstract_name` when given.
-    fn start(
-        bin: &Path,
-        dir: &TempDir,
-        tag: &str,
-        role: &str,
-        queues: u16,
-        abstract_name: Option<&str>,
-    ) -> Testpmd {
-        let dir = dir.0.clone();
-        let prefix = format!("ixtest{}{tag}", std::process::id());
-        let log = dir.join("testpmd.log");
-        let sock = dir.join("memif.sock");
-        let socket = match abstract_name {
-            Some(name) => format!("socket={name}"),
-            None => format!("socket={},socket-abstract=no", sock.display()),
-        };
-        let vdev = format!("net_memif0,role={role},{socket},id=0,bsize=2048,rsize=10");
-        let child = Command::new(bin)
-            .args([
-                "-l",
-                "0-1",
-                "--no-huge",
-                "-m",
-                "512",
-                "--no-pci",
-                &format!("--file-prefix={prefix}"),
-                &format!("--vdev={vdev}"),
-                "--",
-                "--forward-mode=io",
-                "--port-topology=loop",
-                "--nb-cores=1",
-                "--total-num-mbufs=16384",
-                &format!("--rxq={queues}"),
-                &format!("--txq={queues}"),
-                "--stats-period",
-                "1",
-                "--auto-start",
-            ])
-            .stdin(Stdio::null())
-            .stdout(File::create(&log).unwrap())
-            .stderr(File::create(dir.join("testpmd.err")).unwrap())
-            .spawn()
-            .unwrap();
-        Testpmd {
-            child,
-            dir,
-            log,
-            prefix,
+/// Waits for our port to connect to testpmd, failing fast if testpmd
+/// dies.
+fn wait_connected(pmd: &mut Testpmd, port: &MemifPort, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while port.wait_connected(Duration::from_millis(100)).is_err() {
+        if let Some(status) = pmd.exited() {
+            panic!("testpmd exited ({status}):\n{}", pmd.output());
         }
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.join("memif.sock")
-    }
-
-    /// testpmd's output so far (for failure messages).
-    fn output(&self) -> String {
-        let out = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let err = std::fs::read_to_string(self.dir.join("testpmd.err")).unwrap_or_default();
-        let tail = |s: &str| s.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-        format!(
-            "--- stdout (last lines, reversed)\n{}\n--- stderr\n{}",
-            tail(&out),
-            tail(&err)
-        )
-    }
-
-    /// Waits until testpmd's log shows the port started forwarding.
-    fn wait_started(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("testpmd exited early ({status}):\n{}", self.output());
-            }
-            let out = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if out.contains("Press enter to exit") || out.contains("Port statistics") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "testpmd did not start:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            Instant::now() < deadline,
+            "no memif link with testpmd ({:?}):\n{}",
+            port.last_event(),
+            pmd.output()
+        );
     }
 }
 
-impl Testpmd {
-    /// Waits for our port to connect to testpmd, failing fast if testpmd
-    /// dies.
-    fn wait_connected(&mut self, port: &MemifPort, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while port.wait_connected(Duration::from_millis(100)).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("testpmd exited ({status}):\n{}", self.output());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no memif link with testpmd ({:?}):\n{}",
-                port.last_event(),
-                self.output()
-            );
-        }
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(self.sock());
-        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
-    }
+/// testpmd with one memif port in `role`, io forwarding.
+fn testpmd(
+    bin: &Path,
+    tag: &str,
+    role: &str,
+    queues: u16,
+    abstract_socket: Option<&str>,
+) -> Testpmd {
+    Testpmd::start(
+        bin,
+        &Spec {
+            tag,
+            role,
+            forward: "io",
+            queues,
+            abstract_socket,
+        },
+    )
 }
 
 fn pattern(seq: u64, len: usize) -> Vec<u8> {
@@ -297,11 +175,10 @@ fn testpmd_server_echoes_what_our_slave_sends() {
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = TempDir::new("srv");
-    let mut pmd = Testpmd::start(&bin, &dir, "srv", "server", 1, None);
+    let mut pmd = testpmd(&bin, "srv", "server", 1, None);
     pmd.wait_started(Duration::from_secs(60));
-    let port = MemifPort::open(MemifConfig::new(pmd.sock(), MemifRole::Slave)).unwrap();
-    pmd.wait_connected(&port, Duration::from_secs(30));
+    let port = MemifPort::open(MemifConfig::new(pmd.socket(), MemifRole::Slave)).unwrap();
+    wait_connected(&mut pmd, &port, Duration::from_secs(30));
     let mut q = port.queue(0, Pool::new(1, 1024, false).unwrap()).unwrap();
     wait_queue_up(&mut q);
     warm_up(&mut q, &pmd);
@@ -319,11 +196,10 @@ fn testpmd_client_echoes_what_our_master_sends() {
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Our master must listen before the testpmd client starts.
-    let dir = TempDir::new("cli");
-    let sock = dir.0.join("memif.sock");
+    let sock = workdir("cli").join("memif.sock");
     let port = MemifPort::open(MemifConfig::new(&sock, MemifRole::Master)).unwrap();
-    let mut pmd = Testpmd::start(&bin, &dir, "cli", "client", 1, None);
-    pmd.wait_connected(&port, Duration::from_secs(60));
+    let mut pmd = testpmd(&bin, "cli", "client", 1, None);
+    wait_connected(&mut pmd, &port, Duration::from_secs(60));
     let mut q = port.queue(0, Pool::new(1, 1024, false).unwrap()).unwrap();
     wait_queue_up(&mut q);
     warm_up(&mut q, &pmd);
@@ -340,15 +216,14 @@ fn testpmd_two_queues_pair_with_ours() {
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = TempDir::new("mq");
-    let mut pmd = Testpmd::start(&bin, &dir, "mq", "server", 2, None);
+    let mut pmd = testpmd(&bin, "mq", "server", 2, None);
     pmd.wait_started(Duration::from_secs(60));
     let port = MemifPort::open(MemifConfig {
         queues: 2,
-        ..MemifConfig::new(pmd.sock(), MemifRole::Slave)
+        ..MemifConfig::new(pmd.socket(), MemifRole::Slave)
     })
     .unwrap();
-    pmd.wait_connected(&port, Duration::from_secs(30));
+    wait_connected(&mut pmd, &port, Duration::from_secs(30));
     // testpmd's io forwarding sends queue k's frames back on queue k.
     for k in 0..2 {
         let mut q = port.queue(k, Pool::new(k, 1024, false).unwrap()).unwrap();
@@ -365,13 +240,12 @@ fn testpmd_on_an_abstract_socket() {
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = TempDir::new("abs");
     // DPDK's default: an abstract address named by the socket argument.
     let name = format!("ix-memif-test-{}", std::process::id());
-    let mut pmd = Testpmd::start(&bin, &dir, "abs", "server", 1, Some(&name));
+    let mut pmd = testpmd(&bin, "abs", "server", 1, Some(&name));
     pmd.wait_started(Duration::from_secs(60));
     let port = MemifPort::open(MemifConfig::new(format!("@{name}"), MemifRole::Slave)).unwrap();
-    pmd.wait_connected(&port, Duration::from_secs(30));
+    wait_connected(&mut pmd, &port, Duration::from_secs(30));
     let mut q = port.queue(0, Pool::new(1, 1024, false).unwrap()).unwrap();
     wait_queue_up(&mut q);
     warm_up(&mut q, &pmd);
