@@ -92,6 +92,11 @@ impl<V> NodeSlab<V> {
     pub(crate) fn used(&self) -> usize {
         self.used
     }
+
+    /// Nodes free.
+    pub(crate) fn available(&self) -> usize {
+        self.vals.len() - self.used
+    }
 }
 
 #[cfg(test)]

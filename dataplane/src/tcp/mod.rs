@@ -109,6 +109,7 @@
 mod conn;
 mod isn;
 mod list;
+mod migrate;
 mod stack;
 mod table;
 
@@ -124,6 +125,7 @@ use thiserror::Error;
 
 use crate::buf::PktBuf;
 
+pub use migrate::MovedConn;
 pub use stack::TcpStack;
 
 /// Configuration of a [`TcpStack`].
@@ -331,6 +333,46 @@ pub enum TcpError {
         /// The limit.
         max: usize,
     },
+    /// A moved connection belongs to a listener this stack does not have.
+    #[error("cannot import: no listener on port {port} here; listen on it before moving its connections")]
+    NotListening {
+        /// The local port.
+        port: u16,
+    },
+    /// A moved half-open connection would exceed the half-open limit.
+    #[error("cannot import: half-open limit ({max}) reached; raise max_half_open or retry after handshakes finish")]
+    HalfOpenFull {
+        /// The limit.
+        max: usize,
+    },
+    /// A moved connection waiting for accept would exceed the backlog.
+    #[error(
+        "cannot import: backlog of port {port} full ({max}); accept connections or raise backlog"
+    )]
+    BacklogFull {
+        /// The listener's port.
+        port: u16,
+        /// The limit.
+        max: usize,
+    },
+    /// A moved connection's queued bytes need more queue nodes than are
+    /// free.
+    #[error("cannot import: {queue} queue needs {need} free nodes, {free} left; raise {queue}_queue_entries")]
+    QueueFull {
+        /// Which slab: "tx" or "rx".
+        queue: &'static str,
+        /// Nodes needed.
+        need: usize,
+        /// Nodes free.
+        free: usize,
+    },
+    /// The packet-buffer pool ran out while copying a moved connection's
+    /// received bytes.
+    #[error("cannot import: packet pool exhausted ({need} buffers needed); retry when buffers are released")]
+    PoolEmpty {
+        /// Buffers needed.
+        need: usize,
+    },
     /// `recv_done` released more bytes than were delivered.
     #[error("recv_done of {len} bytes, but only {held} are delivered and unreleased")]
     ReleaseTooLarge {
@@ -402,6 +444,16 @@ pub struct TcpStats {
     pub conns_opened: u64,
     /// Connections freed.
     pub conns_closed: u64,
+    /// Connections taken out by [`TcpStack::export`].
+    pub conns_exported: u64,
+    /// Connections put in by [`TcpStack::import`].
+    pub conns_imported: u64,
+    /// Out-of-order segments dropped when their connection was exported
+    /// (never acknowledged: the peer retransmits them).
+    pub migrate_ooo_dropped: u64,
+    /// Segments for no connection of ours whose flow group another core
+    /// owns, handed back by [`TcpStack::input_steered`].
+    pub steered_away: u64,
     /// Connections in the table now (all states).
     pub conns_active: u64,
     /// Connections in SYN-RECEIVED now.

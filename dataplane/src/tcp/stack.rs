@@ -24,16 +24,16 @@ const DEFAULT_PEER_MSS: u16 = 536;
 /// Queued RSTs from `abort`/`reject`, sent at the next flush.
 const RST_QUEUE: usize = 64;
 
-struct Listener {
-    port: u16,
+pub(super) struct Listener {
+    pub(super) port: u16,
     /// Established connections not yet accepted.
-    pending: usize,
+    pub(super) pending: usize,
 }
 
 /// A received segment's payload held for reordering or until accept.
-struct RxSeg {
-    seq: SeqNum,
-    buf: PktBuf,
+pub(super) struct RxSeg {
+    pub(super) seq: SeqNum,
+    pub(super) buf: PktBuf,
 }
 
 struct RstSpec {
@@ -44,21 +44,21 @@ struct RstSpec {
 
 /// The TCP engine of one elastic thread (see the module docs).
 pub struct TcpStack {
-    cfg: TcpConfig,
-    conns: ConnTable,
-    listeners: Vec<Listener>,
+    pub(super) cfg: TcpConfig,
+    pub(super) conns: ConnTable,
+    pub(super) listeners: Vec<Listener>,
     wheel: TimerWheel<TimerToken>,
-    txq: NodeSlab<TxBuf>,
-    rxq: NodeSlab<RxSeg>,
-    dirty: Vec<ConnId>,
+    pub(super) txq: NodeSlab<TxBuf>,
+    pub(super) rxq: NodeSlab<RxSeg>,
+    pub(super) dirty: Vec<ConnId>,
     fired: Vec<TimerToken>,
     rst_queue: Vec<RstSpec>,
     isn_key: SipKey,
     rto_bounds: RtoBounds,
     /// Header prediction on (tests turn it off to compare both paths).
     predict: bool,
-    half_open: usize,
-    stats: TcpStats,
+    pub(super) half_open: usize,
+    pub(super) stats: TcpStats,
 }
 
 impl std::fmt::Debug for TcpStack {
@@ -193,7 +193,7 @@ impl TcpStack {
             &self.cfg,
         );
         c.cookie = cookie;
-        let idx = self.conns.insert(c).ok_or(TcpError::TableFull {
+        let idx = self.conns.insert(c).map_err(|_| TcpError::TableFull {
             max: self.cfg.max_conns,
         })?;
         self.stats.conns_opened += 1;
@@ -397,6 +397,47 @@ impl TcpStack {
         tx: &mut dyn IpSender,
         events: &mut Vec<TcpEvent>,
     ) {
+        // Every flow group is ours: nothing is handed back.
+        let _ = self.input_with(now, src, dst, segment, tx, events, |_| true);
+    }
+
+    /// Like [`input`](Self::input) on a core that shares its flow groups
+    /// with others while connections migrate between them: a well-formed
+    /// segment that matches no connection here and whose tuple `mine`
+    /// says belongs to another core's flow group is handed back untouched
+    /// (not processed, no RST; counted in [`TcpStats::steered_away`]) for
+    /// the caller to forward to that core. `mine` is asked only when the
+    /// lookup misses, so the path of a segment for a connection of ours
+    /// is the same as `input`'s. Malformed segments are dropped and
+    /// counted here as by `input`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn input_steered(
+        &mut self,
+        now: Instant,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        segment: PktBuf,
+        tx: &mut dyn IpSender,
+        events: &mut Vec<TcpEvent>,
+        mine: &mut dyn FnMut(&FourTuple) -> bool,
+    ) -> Option<PktBuf> {
+        self.input_with(now, src, dst, segment, tx, events, mine)
+    }
+
+    /// [`input`](Self::input) and [`input_steered`](Self::input_steered):
+    /// generic over `mine` so that `input`'s constant answer costs nothing.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn input_with(
+        &mut self,
+        now: Instant,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        segment: PktBuf,
+        tx: &mut dyn IpSender,
+        events: &mut Vec<TcpEvent>,
+        mut mine: impl FnMut(&FourTuple) -> bool,
+    ) -> Option<PktBuf> {
         self.stats.segs_in += 1;
         let parsed = TcpPacket::new_checked(segment.data())
             .and_then(|p| TcpRepr::parse(&p, src, dst).map(|r| (r, p.header_len())));
@@ -404,17 +445,17 @@ impl TcpStack {
             Ok(x) => x,
             Err(TcpParseError::BadChecksum) => {
                 self.stats.dropped_bad_checksum += 1;
-                return;
+                return None;
             }
             Err(e) => {
                 log::debug!("tcp: dropping malformed segment from {src}: {e}");
                 self.stats.dropped_malformed += 1;
-                return;
+                return None;
             }
         };
         if repr.flags.contains(TcpFlags::SYN) && repr.flags.contains(TcpFlags::RST) {
             self.stats.dropped_malformed += 1;
-            return;
+            return None;
         }
         let tuple = FourTuple {
             local: SocketAddrV4::new(dst, repr.dst_port),
@@ -422,8 +463,13 @@ impl TcpStack {
         };
         match self.conns.lookup(&tuple) {
             Some(idx) => self.conn_input(idx, now, &repr, &segment, hdr_len, tx, events),
+            None if !mine(&tuple) => {
+                self.stats.steered_away += 1;
+                return Some(segment);
+            }
             None => self.no_conn_input(now, tuple, &repr, tx),
         }
+        None
     }
 
     /// Runs due timers: retransmissions (sent at once), delayed ACKs,
@@ -472,7 +518,7 @@ impl TcpStack {
     // ----------------------------------------------------------------
     // Handles and bookkeeping.
 
-    fn resolve(&self, id: ConnId) -> Result<u32, TcpError> {
+    pub(super) fn resolve(&self, id: ConnId) -> Result<u32, TcpError> {
         self.conns.resolve(id).ok_or(TcpError::InvalidConn)
     }
 
@@ -493,7 +539,7 @@ impl TcpStack {
         Ok(idx)
     }
 
-    fn mark_dirty(&mut self, idx: u32) {
+    pub(super) fn mark_dirty(&mut self, idx: u32) {
         let c = self.conns.get_mut(idx);
         if !c.has(flag::DIRTY) {
             c.set(flag::DIRTY);
@@ -502,7 +548,7 @@ impl TcpStack {
         }
     }
 
-    fn listener_pending(&mut self, port: u16) -> Option<&mut usize> {
+    pub(super) fn listener_pending(&mut self, port: u16) -> Option<&mut usize> {
         self.listeners
             .iter_mut()
             .find(|l| l.port == port)
@@ -511,6 +557,14 @@ impl TcpStack {
 
     /// Frees a connection and everything it holds. No event.
     fn free(&mut self, idx: u32) {
+        self.detach(idx);
+        self.stats.conns_closed += 1;
+    }
+
+    /// Removes connection `idx` from every structure of the stack: its
+    /// timers, queue nodes, half-open and backlog counts, and its slot
+    /// (whose generation moves on, so its handle goes stale).
+    pub(super) fn detach(&mut self, idx: u32) {
         let c = self.conns.get(idx);
         let (rtx, ack) = (c.rtx.entry, c.ack.entry);
         let (tx_head, ooo, pend) = (c.tx_head, c.ooo_head, c.pend_head);
@@ -534,7 +588,6 @@ impl TcpStack {
             }
         }
         self.conns.remove(idx);
-        self.stats.conns_closed += 1;
     }
 
     /// Reports the end of a connection to its owner, then frees it.
@@ -590,7 +643,7 @@ impl TcpStack {
     /// Sets the timer of `slot` to `at`. The wheel is touched only when
     /// the timer has no entry or its entry is due later than `at` (see
     /// `LazyTimer`).
-    fn arm(&mut self, idx: u32, slot: TimerSlot, at: Instant) {
+    pub(super) fn arm(&mut self, idx: u32, slot: TimerSlot, at: Instant) {
         let c = self.conns.get_mut(idx);
         let gen = c.gen;
         let t = c.timer_mut(slot);
@@ -1098,7 +1151,7 @@ impl TcpStack {
             &self.cfg,
         );
         self.take_syn_options(&mut c, repr);
-        let Some(idx) = self.conns.insert(c) else {
+        let Ok(idx) = self.conns.insert(c) else {
             self.stats.syn_dropped_table_full += 1;
             return;
         };

@@ -68,11 +68,11 @@ impl ConnTable {
     }
 
     /// Stores `conn` (its tuple not yet in the table) in a free slot and
-    /// hashes it. `None` when the slab is full.
-    pub(crate) fn insert(&mut self, mut conn: Conn) -> Option<u32> {
+    /// hashes it. Gives `conn` back when the slab is full.
+    pub(crate) fn insert(&mut self, mut conn: Conn) -> Result<u32, Conn> {
         let i = self.free;
         if i == NIL {
-            return None;
+            return Err(conn);
         }
         let slot = &mut self.conns[i as usize];
         self.free = slot.hnext;
@@ -82,7 +82,7 @@ impl ConnTable {
         self.buckets[b] = i;
         self.conns[i as usize] = conn;
         self.live += 1;
-        Some(i)
+        Ok(i)
     }
 
     /// Unhashes and frees slot `i`; its generation moves on so old handles
@@ -138,7 +138,16 @@ impl ConnTable {
         &mut self.conns[i as usize]
     }
 
-    /// Connections in use.
+    /// Appends the handle and tuple of every live connection (a scan of
+    /// the slab: not for the per-packet path).
+    pub(crate) fn live(&self, out: &mut Vec<(ConnId, FourTuple)>) {
+        for (i, c) in self.conns.iter().enumerate() {
+            if c.state != State::Closed {
+                out.push((self.id(i as u32), c.tuple));
+            }
+        }
+    }
+
     /// Live connections whose state satisfies `pred` (a scan of the slab:
     /// not for the per-packet path).
     pub(crate) fn count_where(&self, pred: impl Fn(super::conn::State) -> bool) -> usize {
@@ -148,6 +157,7 @@ impl ConnTable {
             .count()
     }
 
+    /// Connections in use.
     pub(crate) fn len(&self) -> usize {
         self.live
     }
@@ -187,7 +197,7 @@ mod tests {
         let a = t.insert(conn(1)).unwrap();
         let b = t.insert(conn(2)).unwrap();
         let c = t.insert(conn(3)).unwrap();
-        assert!(t.insert(conn(4)).is_none(), "full");
+        assert!(t.insert(conn(4)).is_err(), "full");
         assert_eq!(t.lookup(&tuple(2)), Some(b));
         let old = t.id(b);
         t.remove(b);

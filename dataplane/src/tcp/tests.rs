@@ -1673,3 +1673,615 @@ fn header_prediction_matches_the_full_path() {
         assert_eq!(sa, sb, "seed {seed}: counters");
     }
 }
+
+// ------------------------------------------------------------- MIGRATION
+
+impl T {
+    /// A fresh stack with this one's configuration and another secret,
+    /// listening on [`PORT`] if `listen`.
+    fn fresh_stack(&self, secret: u8, listen: bool) -> TcpStack {
+        let mut s = TcpStack::new(self.s.config().clone(), self.now, [secret; 16]);
+        if listen {
+            s.listen(PORT).unwrap();
+        }
+        s
+    }
+
+    /// Exports the only connection, checking the source gives it up.
+    fn export_only(&mut self) -> (ConnId, MovedConn) {
+        let mut all = Vec::new();
+        self.s.connections(&mut all);
+        let [(id, tup)] = all[..] else {
+            panic!("expected one connection, got {all:?}")
+        };
+        assert_eq!(tup, tuple());
+        let m = self.s.export(self.now, id).unwrap();
+        assert_eq!(m.tuple(), tuple());
+        assert_eq!(self.s.conn_count(), 0);
+        assert_eq!(self.s.stats().half_open, 0);
+        assert_eq!(
+            (self.s.stats().tx_queue_used, self.s.stats().rx_queue_used),
+            (0, 0)
+        );
+        (id, m)
+    }
+
+    /// Moves the only connection into `target`, which replaces `self.s`.
+    /// Returns the source stack and the new handle.
+    fn move_to(&mut self, mut target: TcpStack) -> (TcpStack, ConnId) {
+        let (_, m) = self.export_only();
+        let id = target
+            .import(self.now, m, &self.pool)
+            .unwrap_or_else(|(e, _)| panic!("import: {e}"));
+        (std::mem::replace(&mut self.s, target), id)
+    }
+}
+
+#[test]
+fn moved_syn_received_completes_its_handshake_on_the_target() {
+    let mut t = T::listening();
+    t.inject_syn(Some(1400), Some(7));
+    t.flush();
+    let synack = t.one_out();
+    assert_eq!(t.s.stats().half_open, 1);
+    let target = t.fresh_stack(1, true);
+    let (src, _) = t.move_to(target);
+    assert_eq!(src.stats().half_open, 0);
+    assert_eq!(t.s.stats().half_open, 1);
+    t.flush();
+    assert!(t.out().is_empty(), "the SYN-ACK is not due again yet");
+    // The SYN-ACK's retransmission timer travelled.
+    t.wait(Duration::from_millis(1001));
+    let again = t.one_out();
+    assert!(again.has(SYN));
+    assert_eq!((again.seq(), again.ack()), (synack.seq(), PISS + 1));
+    t.inject(PISS + 1, Some(synack.seq() + 1), ACK, 512, &[]);
+    let conn = match t.events().as_slice() {
+        [TcpEvent::Knock { conn, .. }] => *conn,
+        e => panic!("expected a knock, got {e:?}"),
+    };
+    assert_eq!(t.s.stats().half_open, 0);
+    t.s.accept(conn, 5, &mut t.ev).unwrap();
+    assert_eq!(t.conn().snd_mss, 1400);
+}
+
+#[test]
+fn moved_syn_sent_connects_on_the_target() {
+    let mut t = T::new(test_config());
+    let (_, syn) = connect(&mut t);
+    let target = t.fresh_stack(2, false);
+    let (_, conn) = t.move_to(target);
+    t.inject_repr(
+        TcpRepr {
+            src_port: PEER_PORT,
+            dst_port: PORT,
+            seq: SeqNum(PISS),
+            ack: Some(SeqNum(syn.seq() + 1)),
+            flags: SYN,
+            window: 100,
+            mss: Some(1000),
+            window_scale: Some(2),
+            sack_permitted: false,
+            payload_len: 0,
+        },
+        &[],
+    );
+    match t.events().as_slice() {
+        [TcpEvent::Connected {
+            conn: c,
+            cookie: 99,
+            result: Ok(()),
+        }] => assert_eq!(*c, conn),
+        e => panic!("{e:?}"),
+    }
+    t.flush();
+    assert_eq!(t.one_out().ack(), PISS + 1);
+}
+
+#[test]
+fn moved_syn_sent_before_its_first_flush_sends_the_syn_from_the_target() {
+    let mut t = T::new(test_config());
+    let conn = t.s.connect(t.now, tuple(), 3).unwrap();
+    let m = t.s.export(t.now, conn).unwrap();
+    assert_eq!(m.state(), "SYN-SENT");
+    t.flush();
+    assert!(t.out().is_empty(), "the source forgot the connection");
+    let mut target = t.fresh_stack(3, false);
+    target.import(t.now, m, &t.pool).unwrap();
+    t.s = target;
+    t.flush();
+    let syn = t.one_out();
+    assert!(syn.has(SYN) && syn.r.ack.is_none());
+}
+
+#[test]
+fn moved_established_keeps_unacked_data_and_its_delayed_ack() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    t.s.send(
+        conn,
+        &[TxBuf::from_static(b"hello "), TxBuf::from_static(b"world")],
+    )
+    .unwrap();
+    t.flush();
+    assert_eq!(t.one_out().payload, b"hello world");
+    // The peer acknowledges part of it and sends data of its own: our ACK
+    // is delayed.
+    t.inject(PISS + 1, Some(our + 3), ACK, 100, b"abc");
+    assert!(matches!(
+        t.events()[..],
+        [TcpEvent::Recv { .. }, TcpEvent::Sent { acked: 3, .. }]
+            | [TcpEvent::Sent { acked: 3, .. }, TcpEvent::Recv { .. }]
+    ));
+    t.flush();
+    assert!(t.out().is_empty(), "ACK delayed");
+    t.s.recv_done(conn, 3).unwrap();
+    let before = t.conn().clone();
+    let target = t.fresh_stack(4, true);
+    let (_, conn) = t.move_to(target);
+    let after = t.conn();
+    assert_eq!(
+        (
+            after.snd_una,
+            after.snd_nxt,
+            after.snd_max,
+            after.rcv_nxt,
+            after.rcv_acked
+        ),
+        (
+            before.snd_una,
+            before.snd_nxt,
+            before.snd_max,
+            before.rcv_nxt,
+            before.rcv_acked
+        )
+    );
+    assert_eq!(
+        (
+            after.cwnd,
+            after.ssthresh,
+            after.srtt_us,
+            after.rttvar_us,
+            after.rto_us
+        ),
+        (
+            before.cwnd,
+            before.ssthresh,
+            before.srtt_us,
+            before.rttvar_us,
+            before.rto_us
+        )
+    );
+    assert_eq!((after.tx_queued, after.cookie), (8, 7));
+    t.flush();
+    assert!(t.out().is_empty(), "still delayed on the target");
+    t.wait(Duration::from_micros(600));
+    assert_eq!(
+        t.one_out().ack(),
+        PISS + 4,
+        "the delayed ACK fired on the target"
+    );
+    // The unacknowledged bytes are retransmitted from the target.
+    t.wait(Duration::from_millis(300));
+    let re = t.one_out();
+    assert_eq!(
+        (re.seq(), re.payload.as_slice()),
+        (our + 3, &b"lo world"[..])
+    );
+    t.inject(PISS + 4, Some(our + 11), ACK, 100, &[]);
+    match t.events().as_slice() {
+        [TcpEvent::Sent {
+            conn: c,
+            cookie: 7,
+            acked: 8,
+        }] => assert_eq!(*c, conn),
+        e => panic!("{e:?}"),
+    }
+    t.s.send(conn, &[TxBuf::from_static(b"!")]).unwrap();
+    t.flush();
+    assert_eq!(t.one_out().seq(), our + 11);
+}
+
+#[test]
+fn moved_before_accept_carries_received_data_and_fin() {
+    let mut t = T::listening();
+    let (_, our) = t.knocked(Some(1460), Some(7), 512);
+    let mut sent = Vec::new();
+    for i in 0..3u32 {
+        let chunk = vec![i as u8 + 1; 1000];
+        t.inject(PISS + 1 + i * 1000, Some(our), ACK, 512, &chunk);
+        sent.extend_from_slice(&chunk);
+    }
+    t.inject(PISS + 3001, Some(our), FIN, 512, &[]);
+    t.flush();
+    t.out();
+    let (_, m) = t.export_only();
+    assert!(m.awaiting_accept());
+    assert_eq!((m.rx_pending_bytes(), m.cookie()), (3000, 0));
+    // The target must listen on the port to take it.
+    let mut target = t.fresh_stack(5, false);
+    let (e, m) = target.import(t.now, m, &t.pool).unwrap_err();
+    assert_eq!(e, TcpError::NotListening { port: PORT });
+    target.listen(PORT).unwrap();
+    let conn = target.import(t.now, m, &t.pool).unwrap();
+    t.s = target;
+    assert_eq!(t.s.stats().rx_queue_used, 2, "3000 bytes in two buffers");
+    t.s.accept(conn, 42, &mut t.ev).unwrap();
+    let ev = t.events();
+    assert_eq!(recv_bytes(&ev), sent);
+    assert!(matches!(
+        ev.last(),
+        Some(TcpEvent::Dead {
+            cookie: 42,
+            reason: DeadReason::PeerClosed,
+            ..
+        })
+    ));
+    assert_eq!(t.s.stats().rx_queue_used, 0);
+}
+
+#[test]
+fn moved_backlog_entry_frees_the_source_backlog_and_fills_the_target_one() {
+    let cfg = TcpConfig {
+        backlog: 1,
+        ..test_config()
+    };
+    let mut t = T::new(cfg);
+    t.s.listen(PORT).unwrap();
+    t.knocked(None, None, 512);
+    let (_, m) = t.export_only();
+    // The source's backlog slot is free again: a new SYN is admitted.
+    t.inject_port(PORT, 7000, None, SYN, 100, &[]);
+    assert_eq!(t.s.conn_count(), 1);
+    // A target whose only backlog slot holds another peer's connection.
+    let mut u = T::new(t.s.config().clone());
+    u.s.listen(PORT).unwrap();
+    let from = |seq: u32, ack: Option<u32>, flags: TcpFlags| TcpRepr {
+        src_port: PEER_PORT + 1,
+        dst_port: PORT,
+        seq: SeqNum(seq),
+        ack: ack.map(SeqNum),
+        flags,
+        window: 512,
+        mss: None,
+        window_scale: None,
+        sack_permitted: false,
+        payload_len: 0,
+    };
+    u.inject_repr(from(PISS, None, SYN), &[]);
+    u.flush();
+    let synack = u.one_out();
+    u.inject_repr(from(PISS + 1, Some(synack.seq() + 1), ACK), &[]);
+    assert!(matches!(u.events()[..], [TcpEvent::Knock { .. }]));
+    let (e, m) = u.s.import(t.now, m, &t.pool).unwrap_err();
+    assert_eq!(e, TcpError::BacklogFull { port: PORT, max: 1 });
+    assert_eq!(u.s.conn_count(), 1, "nothing changed");
+    assert!(m.awaiting_accept());
+}
+
+#[test]
+fn moved_fin_wait_1_then_fin_wait_2_times_out_on_a_third_stack() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    t.s.send(conn, &[TxBuf::from_static(b"bye")]).unwrap();
+    t.s.close(conn).unwrap();
+    t.flush();
+    assert!(t.one_out().has(FIN));
+    let target = t.fresh_stack(8, false);
+    t.move_to(target);
+    assert_eq!(t.s.state_by_tuple(&tuple()), Some("FIN-WAIT-1"));
+    t.wait(Duration::from_millis(300));
+    let re = t.one_out();
+    assert!(re.has(FIN), "FIN retransmitted by the target");
+    assert_eq!(re.payload, b"bye");
+    t.inject(PISS + 1, Some(our + 4), ACK, 100, &[]);
+    assert_eq!(t.s.state_by_tuple(&tuple()), Some("FIN-WAIT-2"));
+    let target = t.fresh_stack(9, false);
+    t.move_to(target);
+    t.wait(Duration::from_millis(4990));
+    assert_eq!(t.s.conn_count(), 1);
+    t.wait(Duration::from_millis(20));
+    assert_eq!(t.s.conn_count(), 0, "the FIN-WAIT-2 deadline travelled");
+    assert!(t.events().is_empty());
+}
+
+#[test]
+fn moved_close_wait_and_last_ack_finish_on_the_target() {
+    let mut t = T::listening();
+    let (_, our) = t.established();
+    t.inject(PISS + 1, Some(our), FIN, 100, b"last words");
+    t.events();
+    t.flush();
+    t.out();
+    let target = t.fresh_stack(10, true);
+    let (mut src, conn) = t.move_to(target);
+    assert_eq!(t.s.state_of(conn), Some("CLOSE-WAIT"));
+    // The unreleased "last words" count as released on the target; the
+    // source treats a late release as a stale handle.
+    assert_eq!(src.recv_done(conn, 10), Err(TcpError::InvalidConn));
+    assert_eq!(t.conn().rx_held, 0);
+    t.s.send(conn, &[TxBuf::from_static(b"reply")]).unwrap();
+    t.s.close(conn).unwrap();
+    t.flush();
+    let o = t.one_out();
+    assert!(o.has(FIN) && o.payload == b"reply");
+    let target = t.fresh_stack(11, true);
+    t.move_to(target);
+    assert_eq!(t.s.state_by_tuple(&tuple()), Some("LAST-ACK"));
+    t.inject(PISS + 12, Some(our + 6), ACK, 100, &[]);
+    assert_eq!(t.s.conn_count(), 0);
+}
+
+#[test]
+fn moved_time_wait_expires_on_the_target() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    t.s.close(conn).unwrap();
+    t.flush();
+    t.out();
+    t.inject(PISS + 1, Some(our + 1), FIN, 100, &[]);
+    assert_eq!(t.s.state_by_tuple(&tuple()), Some("TIME-WAIT"));
+    t.flush();
+    t.out();
+    t.wait(Duration::from_millis(1000));
+    let target = t.fresh_stack(12, false);
+    t.move_to(target);
+    // A retransmitted FIN is re-acknowledged by the target.
+    t.inject(PISS + 1, Some(our + 1), FIN, 100, &[]);
+    t.flush();
+    assert_eq!(t.one_out().ack(), PISS + 2);
+    t.wait(Duration::from_millis(999));
+    assert_eq!(t.s.conn_count(), 1);
+    t.wait(Duration::from_millis(2));
+    assert_eq!(
+        t.s.conn_count(),
+        0,
+        "2 MSL from entering TIME-WAIT on the source"
+    );
+}
+
+#[test]
+fn moved_zero_window_keeps_probing_from_the_target() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    t.inject(PISS + 1, Some(our), ACK, 0, &[]);
+    t.s.send(conn, &[TxBuf::from_static(b"blocked")]).unwrap();
+    t.flush();
+    assert!(t.out().is_empty());
+    t.wait(Duration::from_millis(100));
+    let target = t.fresh_stack(13, true);
+    t.move_to(target);
+    t.wait(Duration::from_millis(99));
+    let early = t.out();
+    assert!(
+        early.is_empty(),
+        "the persist deadline travelled: {early:?}"
+    );
+    t.wait(Duration::from_millis(2));
+    let probe = t.one_out();
+    assert_eq!((probe.seq(), probe.payload.as_slice()), (our, &b"b"[..]));
+    t.inject(PISS + 1, Some(our + 1), ACK, 100, &[]);
+    t.flush();
+    let o = t.one_out();
+    assert_eq!((o.seq(), o.payload.as_slice()), (our + 1, &b"locked"[..]));
+}
+
+#[test]
+fn moved_closed_window_reopens_on_the_target() {
+    let cfg = TcpConfig {
+        recv_buffer: 4096,
+        window_scale: 0,
+        ..test_config()
+    };
+    let mut t = T::new(cfg);
+    t.s.listen(PORT).unwrap();
+    let (_, our) = t.established();
+    for i in 0..4 {
+        t.inject(PISS + 1 + i * 1024, Some(our), ACK, 100, &[1u8; 1024]);
+    }
+    let held = t.events();
+    assert_eq!(recv_bytes(&held).len(), 4096);
+    t.flush();
+    assert_eq!(t.one_out().r.window, 0);
+    let (_, m) = t.export_only();
+    assert_eq!(m.rx_released(), 4096);
+    let mut target = t.fresh_stack(14, true);
+    target.import(t.now, m, &t.pool).unwrap();
+    t.s = target;
+    t.flush();
+    let o = t.one_out();
+    assert_eq!((o.ack(), o.r.window), (PISS + 4097, 4096), "window update");
+    drop(held);
+}
+
+#[test]
+fn exported_handle_is_stale_and_its_segments_steer_away() {
+    let mut t = T::listening();
+    let (conn, our) = t.established();
+    let (old, m) = t.export_only();
+    assert_eq!(old, conn);
+    assert_eq!(
+        t.s.send(conn, &[TxBuf::from_static(b"x")]),
+        Err(TcpError::InvalidConn)
+    );
+    assert_eq!(t.s.recv_done(conn, 0), Err(TcpError::InvalidConn));
+    assert_eq!(t.s.close(conn), Err(TcpError::InvalidConn));
+    assert_eq!(t.s.abort(conn), Err(TcpError::InvalidConn));
+    assert_eq!(t.s.export(t.now, conn).unwrap_err(), TcpError::InvalidConn);
+    let st = t.s.stats();
+    assert_eq!(
+        (st.conns_exported, st.conns_active, st.conns_closed),
+        (1, 0, 0)
+    );
+    // A segment for the moved tuple: handed back untouched when another
+    // core owns its flow group...
+    let r = TcpRepr {
+        src_port: PEER_PORT,
+        dst_port: PORT,
+        seq: SeqNum(PISS + 1),
+        ack: Some(SeqNum(our)),
+        flags: ACK,
+        window: 100,
+        mss: None,
+        window_scale: None,
+        sack_permitted: false,
+        payload_len: 4,
+    };
+    let mut bytes = vec![0u8; r.header_len() + 4];
+    bytes[r.header_len()..].copy_from_slice(b"data");
+    r.emit(&mut TcpPacket::new_unchecked(&mut bytes[..]), PEER, US);
+    let mut seg = t.pool.alloc().unwrap();
+    assert!(seg.extend_from_slice(&bytes));
+    let mut asked = Vec::new();
+    let back =
+        t.s.input_steered(t.now, PEER, US, seg, &mut t.wire, &mut t.ev, &mut |tu| {
+            asked.push(*tu);
+            false
+        })
+        .expect("handed back");
+    assert_eq!(back.data(), &bytes[..]);
+    assert_eq!(asked, [tuple()]);
+    assert_eq!(t.s.stats().steered_away, 1);
+    t.flush();
+    assert!(t.out().is_empty() && t.events().is_empty());
+    // ...and answered by RST, as before, when it is ours.
+    let back =
+        t.s.input_steered(t.now, PEER, US, back, &mut t.wire, &mut t.ev, &mut |_| true);
+    assert!(back.is_none());
+    let rst = t.one_out();
+    assert!(rst.has(RST));
+    assert_eq!(rst.seq(), our);
+    // The moved connection lands elsewhere and works there.
+    let mut target = t.fresh_stack(15, true);
+    let id = target.import(t.now, m, &t.pool).unwrap();
+    t.s = target;
+    t.inject(PISS + 1, Some(our), ACK, 100, b"data");
+    match t.events().as_slice() {
+        [TcpEvent::Recv {
+            conn: c,
+            cookie: 7,
+            data,
+        }] => {
+            assert_eq!((*c, data.data()), (id, &b"data"[..]))
+        }
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn segment_of_a_live_connection_is_never_steered_away() {
+    let mut t = T::listening();
+    let (_, our) = t.established();
+    let r = TcpRepr {
+        src_port: PEER_PORT,
+        dst_port: PORT,
+        seq: SeqNum(PISS + 1),
+        ack: Some(SeqNum(our)),
+        flags: ACK,
+        window: 100,
+        mss: None,
+        window_scale: None,
+        sack_permitted: false,
+        payload_len: 2,
+    };
+    let mut bytes = vec![0u8; r.header_len() + 2];
+    bytes[r.header_len()..].copy_from_slice(b"hi");
+    r.emit(&mut TcpPacket::new_unchecked(&mut bytes[..]), PEER, US);
+    let mut seg = t.pool.alloc().unwrap();
+    assert!(seg.extend_from_slice(&bytes));
+    let mut asked = false;
+    let back =
+        t.s.input_steered(t.now, PEER, US, seg, &mut t.wire, &mut t.ev, &mut |_| {
+            asked = true;
+            false
+        });
+    assert!(
+        back.is_none() && !asked,
+        "the lookup hit: mine is not asked"
+    );
+    assert_eq!(recv_bytes(&t.events()), b"hi");
+    assert_eq!(t.s.stats().steered_away, 0);
+}
+
+#[test]
+fn failed_imports_give_the_connection_back_and_it_returns_home() {
+    let mut t = T::listening();
+    let (_, our) = t.knocked(Some(1460), Some(7), 512);
+    t.inject(PISS + 1, Some(our), ACK, 512, b"queued before accept");
+    t.flush();
+    t.out();
+    let (_, m) = t.export_only();
+    // Target table full.
+    let mut full = TcpStack::new(
+        TcpConfig {
+            max_conns: 1,
+            ..test_config()
+        },
+        t.now,
+        [16; 16],
+    );
+    full.listen(PORT).unwrap();
+    let other = FourTuple {
+        local: SocketAddrV4::new(US, 9),
+        remote: SocketAddrV4::new(PEER, 9),
+    };
+    full.connect(t.now, other, 0).unwrap();
+    let (e, m) = full.import(t.now, m, &t.pool).unwrap_err();
+    assert_eq!(e, TcpError::TableFull { max: 1 });
+    // Tuple already present.
+    let mut dup = t.fresh_stack(17, true);
+    dup.connect(t.now, tuple(), 0).unwrap();
+    let (e, m) = dup.import(t.now, m, &t.pool).unwrap_err();
+    assert_eq!(e, TcpError::TupleInUse);
+    // Pool empty.
+    let empty = Pool::new(2, 1, false).unwrap();
+    let hog = empty.alloc().unwrap();
+    let mut starved = t.fresh_stack(18, true);
+    let (e, m) = starved.import(t.now, m, &empty).unwrap_err();
+    assert_eq!(e, TcpError::PoolEmpty { need: 1 });
+    assert_eq!(
+        (starved.conn_count(), starved.stats().rx_queue_used),
+        (0, 0)
+    );
+    drop(hog);
+    // Receive-queue slab full.
+    let mut no_nodes = TcpStack::new(
+        TcpConfig {
+            rx_queue_entries: 0,
+            ..test_config()
+        },
+        t.now,
+        [19; 16],
+    );
+    no_nodes.listen(PORT).unwrap();
+    let (e, m) = no_nodes.import(t.now, m, &t.pool).unwrap_err();
+    assert!(
+        matches!(e, TcpError::QueueFull { queue: "rx", .. }),
+        "{e:?}"
+    );
+    assert_eq!(
+        empty.available(),
+        1,
+        "buffers of a failed import are returned"
+    );
+    assert_eq!(m.rx_pending_bytes(), 20);
+    // Back into the source: accept works there.
+    let conn = t.s.import(t.now, m, &t.pool).unwrap();
+    t.s.accept(conn, 1, &mut t.ev).unwrap();
+    assert_eq!(recv_bytes(&t.events()), b"queued before accept");
+}
+
+#[test]
+fn moved_conn_crosses_threads() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<MovedConn>();
+    let mut t = T::listening();
+    let (_, our) = t.established();
+    let (_, m) = t.export_only();
+    let m = std::thread::spawn(move || m).join().unwrap();
+    let target = t.fresh_stack(20, true);
+    t.s = target;
+    t.s.import(t.now, m, &t.pool).unwrap();
+    t.inject(PISS + 1, Some(our), ACK, 100, b"x");
+    assert_eq!(recv_bytes(&t.events()), b"x");
+}
