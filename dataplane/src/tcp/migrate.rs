@@ -93,8 +93,9 @@ use crate::txbuf::TxBuf;
 #[derive(Debug)]
 pub struct MovedConn {
     /// The TCB, detached: list heads empty, no wheel entries, not dirty;
-    /// timer deadlines kept in `rtx.at` / `ack.at`.
-    conn: Conn,
+    /// timer deadlines kept in `rtx.at` / `ack.at`. Boxed so that the
+    /// error of a failed import stays small.
+    conn: Box<Conn>,
     /// Send queue from SND.UNA on (`conn.tx_queued` bytes).
     tx: Arc<[u8]>,
     /// In-order bytes awaiting accept (`conn.rx_pending` bytes).
@@ -214,7 +215,7 @@ impl TcpStack {
         self.stats.conns_exported += 1;
         self.stats.migrate_ooo_dropped += u64::from(ooo_dropped);
         Ok(MovedConn {
-            conn: m,
+            conn: Box::new(m),
             tx: Arc::from(tx),
             rx_pending,
             ooo_dropped,
@@ -263,9 +264,9 @@ impl TcpStack {
                 }
             }
         };
-        let idx = match self.conns.insert(moved.conn.clone()) {
-            Ok(i) => i,
-            Err(_) => {
+        let idx = match self.conns.insert((*moved.conn).clone()) {
+            Some(i) => i,
+            None => {
                 self.rxq.release_list(head);
                 if let Some(n) = tx_node {
                     self.txq.release(n);
