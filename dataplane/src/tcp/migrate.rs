@@ -51,6 +51,12 @@
 //!   (from an earlier abort) stay with the source and go out at its next
 //!   flush.
 //!
+//! # Handles
+//!
+//! A connection gets a new [`ConnId`] on the target (returned by `import`);
+//! the caller hands it to the application, whose later calls and events
+//! use it. The source's handle is stale from `export` on.
+//!
 //! # Bookkeeping
 //!
 //! Export removes the connection from the source entirely (hash table,
@@ -90,11 +96,11 @@ use crate::txbuf::TxBuf;
 /// be put into another (possibly on another thread) by
 /// [`TcpStack::import`]. It owns copies of its bytes and no handle into
 /// either stack.
-#[derive(Debug)]
 pub struct MovedConn {
     /// The TCB, detached: list heads empty, no wheel entries, not dirty;
-    /// timer deadlines kept in `rtx.at` / `ack.at`.
-    conn: Conn,
+    /// timer deadlines kept in `rtx.at` / `ack.at`. Boxed so that the
+    /// error of a failed import stays small.
+    conn: Box<Conn>,
     /// Send queue from SND.UNA on (`conn.tx_queued` bytes).
     tx: Arc<[u8]>,
     /// In-order bytes awaiting accept (`conn.rx_pending` bytes).
@@ -145,8 +151,8 @@ impl MovedConn {
     }
 
     /// Whether the connection still waits for the application's `accept`
-    /// (the target then announces it again with no event: the
-    /// application learns the new handle from `import`).
+    /// (its `Knock` was reported by the source; the target sends none:
+    /// the application accepts the handle `import` returns).
     pub fn awaiting_accept(&self) -> bool {
         self.conn.has(flag::BACKLOG)
     }
@@ -154,6 +160,19 @@ impl MovedConn {
     /// When it was exported.
     pub fn exported_at(&self) -> Instant {
         self.exported_at
+    }
+}
+
+impl std::fmt::Debug for MovedConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MovedConn")
+            .field("tuple", &self.conn.tuple)
+            .field("state", &self.conn.state.name())
+            .field("tx_bytes", &self.tx.len())
+            .field("rx_pending_bytes", &self.rx_pending.len())
+            .field("ooo_dropped", &self.ooo_dropped)
+            .field("rx_released", &self.rx_released)
+            .finish()
     }
 }
 
@@ -214,7 +233,7 @@ impl TcpStack {
         self.stats.conns_exported += 1;
         self.stats.migrate_ooo_dropped += u64::from(ooo_dropped);
         Ok(MovedConn {
-            conn: m,
+            conn: Box::new(m),
             tx: Arc::from(tx),
             rx_pending,
             ooo_dropped,
@@ -263,9 +282,9 @@ impl TcpStack {
                 }
             }
         };
-        let idx = match self.conns.insert(moved.conn.clone()) {
-            Ok(i) => i,
-            Err(_) => {
+        let idx = match self.conns.insert((*moved.conn).clone()) {
+            Some(i) => i,
+            None => {
                 self.rxq.release_list(head);
                 if let Some(n) = tx_node {
                     self.txq.release(n);
@@ -376,6 +395,9 @@ impl TcpStack {
                 max: self.cfg.max_conns,
             });
         }
+        // No timer-wheel check: the wheel has room for two entries per
+        // slot plus slack, and a connection holds at most one entry per
+        // timer, so a free slot implies room for its timers.
         if needs_listener(c) {
             let port = c.tuple.local.port();
             let Some(l) = self.listeners.iter().find(|l| l.port == port) else {

@@ -101,6 +101,14 @@
 //! ([`TcpStats::segs_predicted`] counts them); everything else takes the
 //! full path.
 //!
+//! Connections can move between the stacks of one process (flow-group
+//! migration between elastic threads): [`TcpStack::export`] takes one out
+//! as a [`MovedConn`], [`TcpStack::import`] puts it into another stack,
+//! and [`TcpStack::input_steered`] hands back segments whose flow group
+//! another core owns. See [`migrate`] for what travels and what
+//! is dropped (out-of-order segments) or counted as released (delivered,
+//! unreleased bytes).
+//!
 //! Output is batched: `input`, `send`, `recv_done` and `close` only mark a
 //! connection; [`TcpStack::flush`], called once per loop turn, emits its
 //! data, FIN and (coalesced) ACKs. Timers run in [`TcpStack::poll`], which
@@ -109,7 +117,7 @@
 mod conn;
 mod isn;
 mod list;
-mod migrate;
+pub mod migrate;
 mod stack;
 mod table;
 

@@ -5,6 +5,15 @@
 //! exactly once and in order), releases what it reads with `recv_done`,
 //! and closes when done. A run ends when every connection on both sides
 //! has reached CLOSED (TIME-WAIT included) in virtual time.
+//!
+//! Each node has two cores (two stacks with different secrets). Client
+//! ports fall into flow groups; a node's `owner` table says which core
+//! holds each group's connections, and its `nic` table where arriving
+//! frames are steered. By default core 0 owns everything. A run can
+//! schedule migrations: at a given time a node exports every connection
+//! of a group from its core and imports it into the other; the NIC's
+//! steering follows after a random lag, and frames that reach the old core
+//! meanwhile come back from `input_steered` and are forwarded.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -27,6 +36,10 @@ const CLIENT_BASE: u16 = 20000;
 /// or message sizes).
 const PLEN: usize = 65521;
 const MAX_MSG: usize = 65536;
+/// Cores per node.
+const CORES: usize = 2;
+/// Flow groups (client port modulo this).
+const GROUPS: usize = 4;
 
 /// Impairments of the simulated network.
 #[derive(Debug, Clone, Copy)]
@@ -101,20 +114,38 @@ struct Flow {
     rx_start: usize,
     rx_got: usize,
     closed: bool,
+    /// The core whose stack holds the connection.
+    core: usize,
 }
 
 struct Node {
-    stack: TcpStack,
+    /// Which node this is (0 connects, 1 listens).
+    id: usize,
+    stacks: Vec<TcpStack>,
+    /// Per flow group: the core holding its connections.
+    owner: [usize; GROUPS],
+    /// Per flow group: the core the NIC steers its frames to.
+    nic: [usize; GROUPS],
     pool: Pool,
     cap: Capture,
-    ev: Vec<TcpEvent>,
+    ev: Vec<Vec<TcpEvent>>,
     flows: Vec<Flow>,
     /// RX buffers unavailable: frames dropped like on a NIC.
     rx_no_buffer: u64,
     /// A slow reader: received data is released only every so often.
     release_every: Option<Duration>,
     next_release: Instant,
-    held: Vec<(ConnId, PktBuf)>,
+    held: Vec<(usize, ConnId, PktBuf)>,
+}
+
+/// The flow group of a connection, from the client port.
+fn group_of(node: usize, t: &FourTuple) -> usize {
+    let port = if node == 0 {
+        t.local.port()
+    } else {
+        t.remote.port()
+    };
+    usize::from(port) % GROUPS
 }
 
 impl Node {
@@ -125,7 +156,9 @@ impl Node {
             let left = f.msgs[f.msg] - f.msg_off;
             let pos = (f.tx_start + f.sent) % PLEN;
             let buf = TxBuf::from_rc(pattern.clone()).slice(pos, left);
-            let n = self.stack.send(conn, &[buf]).expect("send on a live flow");
+            let n = self.stacks[f.core]
+                .send(conn, &[buf])
+                .expect("send on a live flow");
             f.sent += n;
             f.msg_off += n;
             if f.msg_off == f.msgs[f.msg] {
@@ -142,7 +175,7 @@ impl Node {
         let f = &mut self.flows[k];
         if let Some(conn) = f.conn {
             if !f.closed && f.msg == f.msgs.len() && f.rx_got == f.rx_total {
-                self.stack.close(conn).expect("close a live flow");
+                self.stacks[f.core].close(conn).expect("close a live flow");
                 f.closed = true;
             }
         }
@@ -157,23 +190,25 @@ impl Node {
             return;
         }
         self.next_release = now + every;
-        for (conn, data) in self.held.drain(..) {
+        for (core, conn, data) in self.held.drain(..) {
             // The connection may have been closed meanwhile.
-            let _ = self.stack.recv_done(conn, data.len());
+            let _ = self.stacks[core].recv_done(conn, data.len());
         }
     }
 
-    /// The application: reacts to every event, checking received bytes.
-    fn run_app(&mut self, pattern: &Rc<[u8]>) {
-        while !self.ev.is_empty() {
-            let batch = std::mem::take(&mut self.ev);
+    /// The application on `core`: reacts to every event, checking
+    /// received bytes.
+    fn run_app(&mut self, core: usize, pattern: &Rc<[u8]>) {
+        while !self.ev[core].is_empty() {
+            let batch = std::mem::take(&mut self.ev[core]);
             for e in batch {
                 let k = match e {
                     TcpEvent::Knock { conn, tuple } => {
                         let k = usize::from(tuple.remote.port() - CLIENT_BASE);
                         self.flows[k].conn = Some(conn);
-                        self.stack
-                            .accept(conn, k as u64, &mut self.ev)
+                        self.flows[k].core = core;
+                        self.stacks[core]
+                            .accept(conn, k as u64, &mut self.ev[core])
                             .expect("accept");
                         k
                     }
@@ -184,6 +219,11 @@ impl Node {
                     TcpEvent::Recv { conn, cookie, data } => {
                         let k = cookie as usize;
                         let f = &mut self.flows[k];
+                        assert_eq!(
+                            (f.conn, f.core),
+                            (Some(conn), core),
+                            "flow {k}: event on a stale handle"
+                        );
                         for (i, b) in data.data().iter().enumerate() {
                             let at = f.rx_got + i;
                             assert!(at < f.rx_total, "flow {k}: more bytes than sent");
@@ -192,9 +232,11 @@ impl Node {
                         }
                         f.rx_got += data.len();
                         if self.release_every.is_some() {
-                            self.held.push((conn, data));
+                            self.held.push((core, conn, data));
                         } else {
-                            self.stack.recv_done(conn, data.len()).expect("recv_done");
+                            self.stacks[core]
+                                .recv_done(conn, data.len())
+                                .expect("recv_done");
                         }
                         k
                     }
@@ -241,6 +283,14 @@ struct Sim {
     frames: u64,
     lost: u64,
     duplicated: u64,
+    /// Scheduled migrations (time, node, group), latest first.
+    migrations: Vec<(Instant, usize, usize)>,
+    /// NIC steering updates not yet applied (time, node, group, core).
+    steering: Vec<(Instant, usize, usize, usize)>,
+    /// Connections moved between cores.
+    moved: u64,
+    /// Frames that reached the wrong core and were forwarded.
+    forwarded: u64,
 }
 
 /// Message sizes for one direction of each flow.
@@ -254,19 +304,26 @@ impl Sim {
         let base: Vec<u8> = (0..PLEN).map(|_| rng.gen()).collect();
         let pattern: Rc<[u8]> = (0..PLEN + MAX_MSG).map(|i| base[i % PLEN]).collect();
         let now = Instant::from_millis(10_000);
-        let mk_node = |id: u16, rng: &mut SmallRng| Node {
-            stack: TcpStack::new(cfg.clone(), now, rng.gen()),
-            pool: Pool::new(id, pool_slots, false).unwrap(),
+        let mk_node = |id: usize, rng: &mut SmallRng| Node {
+            id,
+            stacks: (0..CORES)
+                .map(|_| TcpStack::new(cfg.clone(), now, rng.gen()))
+                .collect(),
+            owner: [0; GROUPS],
+            nic: [0; GROUPS],
+            pool: Pool::new(10 + id as u16, pool_slots, false).unwrap(),
             cap: Capture::default(),
-            ev: Vec::new(),
+            ev: (0..CORES).map(|_| Vec::new()).collect(),
             flows: Vec::new(),
             rx_no_buffer: 0,
             release_every: None,
             next_release: now,
             held: Vec::new(),
         };
-        let mut nodes = [mk_node(10, &mut rng), mk_node(11, &mut rng)];
-        nodes[1].stack.listen(SERVER_PORT).unwrap();
+        let mut nodes = [mk_node(0, &mut rng), mk_node(1, &mut rng)];
+        for s in &mut nodes[1].stacks {
+            s.listen(SERVER_PORT).unwrap();
+        }
         for (k, [a, b]) in plan.iter().enumerate() {
             let start = |d: usize| (k * 7919 + d * 104_729) % PLEN;
             let (ta, tb) = (a.iter().sum(), b.iter().sum());
@@ -288,7 +345,7 @@ impl Sim {
                 local: SocketAddrV4::new(IPS[0], CLIENT_BASE + k as u16),
                 remote: SocketAddrV4::new(IPS[1], SERVER_PORT),
             };
-            let conn = nodes[0].stack.connect(now, tuple, k as u64).unwrap();
+            let conn = nodes[0].stacks[0].connect(now, tuple, k as u64).unwrap();
             nodes[0].flows[k].conn = Some(conn);
         }
         let mut sim = Sim {
@@ -302,6 +359,10 @@ impl Sim {
             frames: 0,
             lost: 0,
             duplicated: 0,
+            migrations: Vec::new(),
+            steering: Vec::new(),
+            moved: 0,
+            forwarded: 0,
         };
         sim.flush_all();
         sim
@@ -322,10 +383,111 @@ impl Sim {
         }));
     }
 
+    /// Schedules `count` migrations at random times before `within` from
+    /// now, each of a random group of a random node to its other core.
+    fn schedule_migrations(&mut self, count: usize, within: Duration) {
+        for _ in 0..count {
+            let at = self.now + within.mul_f64(self.rng.gen::<f64>());
+            let node = self.rng.gen_range(0..2);
+            let group = self.rng.gen_range(0..GROUPS);
+            self.migrations.push((at, node, group));
+        }
+        self.migrations.sort_by_key(|m| Reverse(m.0));
+    }
+
+    /// Moves every connection of `group` on `node` to the node's other
+    /// core; the NIC follows after a random lag.
+    fn migrate(&mut self, node: usize, group: usize) {
+        let now = self.now;
+        let n = &mut self.nodes[node];
+        let from = n.owner[group];
+        let to = (from + 1) % CORES;
+        let mut all = Vec::new();
+        n.stacks[from].connections(&mut all);
+        for (id, tuple) in all {
+            if group_of(node, &tuple) != group {
+                continue;
+            }
+            let m = n.stacks[from]
+                .export(now, id)
+                .expect("export a live connection");
+            let new = match n.stacks[to].import(now, m, &n.pool) {
+                Ok(new) => new,
+                Err((e, m)) => panic!("import of {:?} failed: {e}", m.tuple()),
+            };
+            self.moved += 1;
+            for f in &mut n.flows {
+                if f.core == from && f.conn == Some(id) {
+                    f.conn = Some(new);
+                    f.core = to;
+                }
+            }
+            // Delivered, unreleased bytes count as released: drop them.
+            n.held.retain(|(c, h, _)| (*c, *h) != (from, id));
+        }
+        n.owner[group] = to;
+        let lag = (self.params.delay * 3).mul_f64(self.rng.gen::<f64>());
+        self.steering.push((now + lag, node, group, to));
+    }
+
+    /// Runs the migrations and steering updates that are due.
+    fn migrate_due(&mut self) {
+        while self.migrations.last().is_some_and(|m| m.0 <= self.now) {
+            let (_, node, group) = self.migrations.pop().unwrap();
+            self.migrate(node, group);
+        }
+        let now = self.now;
+        let nodes = &mut self.nodes;
+        self.steering.retain(|&(at, node, group, core)| {
+            if at > now {
+                return true;
+            }
+            nodes[node].nic[group] = core;
+            false
+        });
+    }
+
+    /// Hands a frame to the core the NIC steers it to; a frame for a
+    /// flow group that core no longer owns comes back and is forwarded to
+    /// the owner.
+    fn deliver(&mut self, to: usize, b: PktBuf) {
+        let now = self.now;
+        let n = &mut self.nodes[to];
+        let bytes = b.data();
+        let (sport, dport) = (
+            u16::from_be_bytes([bytes[0], bytes[1]]),
+            u16::from_be_bytes([bytes[2], bytes[3]]),
+        );
+        let client_port = if to == 0 { dport } else { sport };
+        let mut core = n.nic[usize::from(client_port) % GROUPS];
+        let mut seg = Some(b);
+        for _ in 0..CORES {
+            let Some(b) = seg.take() else { break };
+            let owner = &n.owner;
+            let id = n.id;
+            seg = n.stacks[core].input_steered(
+                now,
+                IPS[1 - to],
+                IPS[to],
+                b,
+                &mut n.cap,
+                &mut n.ev[core],
+                &mut |t| owner[group_of(id, t)] == core,
+            );
+            if seg.is_some() {
+                self.forwarded += 1;
+                core = (core + 1) % CORES;
+            }
+        }
+        assert!(seg.is_none(), "a frame no core owns");
+    }
+
     fn flush_all(&mut self) {
         for i in 0..2 {
             let n = &mut self.nodes[i];
-            n.stack.flush(self.now, &mut n.cap);
+            for s in &mut n.stacks {
+                s.flush(self.now, &mut n.cap);
+            }
             let frames = std::mem::take(&mut self.nodes[i].cap.frames);
             for f in frames {
                 self.frames += 1;
@@ -344,7 +506,9 @@ impl Sim {
 
     fn done(&self) -> bool {
         self.nodes.iter().all(|n| {
-            n.flows.iter().all(|f| f.closed) && n.stack.conn_count() == 0 && n.held.is_empty()
+            n.flows.iter().all(|f| f.closed)
+                && n.stacks.iter().all(|s| s.conn_count() == 0)
+                && n.held.is_empty()
         })
     }
 
@@ -353,8 +517,8 @@ impl Sim {
         while !self.done() {
             let next = [
                 self.net.peek().map(|f| f.0.at),
-                self.nodes[0].stack.next_deadline(),
-                self.nodes[1].stack.next_deadline(),
+                self.migrations.last().map(|m| m.0),
+                self.steering.iter().map(|s| s.0).min(),
                 self.nodes[0]
                     .release_every
                     .map(|_| self.nodes[0].next_release),
@@ -363,6 +527,11 @@ impl Sim {
                     .map(|_| self.nodes[1].next_release),
             ]
             .into_iter()
+            .chain(
+                self.nodes
+                    .iter()
+                    .flat_map(|n| n.stacks.iter().map(|s| s.next_deadline())),
+            )
             .flatten()
             .min()
             .expect("nothing left to happen but the run is not done");
@@ -372,6 +541,7 @@ impl Sim {
                 "no completion after {limit:?}: {:?}",
                 self.progress()
             );
+            self.migrate_due();
             while self.net.peek().is_some_and(|f| f.0.at <= self.now) {
                 let Reverse(f) = self.net.pop().unwrap();
                 let n = &mut self.nodes[f.to];
@@ -380,12 +550,13 @@ impl Sim {
                     continue;
                 };
                 assert!(b.extend_from_slice(&f.bytes));
-                n.stack
-                    .input(self.now, IPS[1 - f.to], IPS[f.to], b, &mut n.cap, &mut n.ev);
+                self.deliver(f.to, b);
             }
             for n in &mut self.nodes {
-                n.stack.poll(self.now, &mut n.cap, &mut n.ev);
-                n.run_app(&self.pattern);
+                for core in 0..CORES {
+                    n.stacks[core].poll(self.now, &mut n.cap, &mut n.ev[core]);
+                    n.run_app(core, &self.pattern);
+                }
                 n.release_held(self.now);
             }
             self.flush_all();
@@ -395,13 +566,18 @@ impl Sim {
                 assert_eq!(f.rx_got, f.rx_total, "flow {k}");
                 assert_eq!(f.sent, f.msgs.iter().sum::<usize>(), "flow {k}");
             }
-            let st = n.stack.stats();
-            assert_eq!((st.tx_queue_used, st.rx_queue_used), (0, 0), "leak");
-            assert_eq!(st.half_open, 0);
+            for s in &n.stacks {
+                let st = s.stats();
+                assert_eq!((st.tx_queue_used, st.rx_queue_used), (0, 0), "leak");
+                assert_eq!(st.half_open, 0);
+            }
         }
         Report {
             virtual_time: self.now - start,
-            stats: [self.nodes[0].stack.stats(), self.nodes[1].stack.stats()],
+            stats: [
+                self.nodes[0].stacks[0].stats(),
+                self.nodes[1].stacks[0].stats(),
+            ],
             frames: self.frames,
             lost: self.lost,
             duplicated: self.duplicated,
@@ -423,7 +599,7 @@ impl Sim {
                             f.rx_got,
                             f.rx_total,
                             f.closed,
-                            f.conn.and_then(|c| n.stack.state_of(c)),
+                            f.conn.and_then(|c| n.stacks[f.core].state_of(c)),
                         )
                     })
             })
@@ -611,4 +787,74 @@ fn every_seed_completes_under_heavy_impairment() {
             r.virtual_time, r.frames, r.lost
         );
     }
+}
+
+#[test]
+fn connections_migrating_between_cores_mid_transfer_lose_no_byte() {
+    // Bulk transfers both ways while flow groups move back and forth
+    // between the two cores of either node (each move exports every
+    // connection of the group and imports it into the other core's stack,
+    // which has another secret), under loss, duplication and reordering.
+    let (mut moved, mut forwarded) = (0, 0);
+    for seed in 0..6u64 {
+        let mut rng = SmallRng::seed_from_u64(200 + seed);
+        let plan: Plan = (0..8)
+            .map(|_| {
+                let mut bulk = || vec![MAX_MSG; rng.gen_range(2..=4)];
+                [bulk(), bulk()]
+            })
+            .collect();
+        let params = NetParams {
+            loss: 0.02 + 0.05 * rng.gen::<f64>(),
+            dup: 0.03 * rng.gen::<f64>(),
+            reorder: 0.1 * rng.gen::<f64>(),
+            delay: Duration::from_micros(rng.gen_range(20..200)),
+            jitter: Duration::from_micros(rng.gen_range(0..200)),
+        };
+        let cfg = TcpConfig {
+            recv_buffer: rng.gen_range(8..=64) * 1024,
+            send_buffer: rng.gen_range(8..=64) * 1024,
+            ..sim_config()
+        };
+        let mut sim = Sim::new(seed, params, cfg, 4096, &plan);
+        if seed % 2 == 1 {
+            // A slow reader: migrations find delivered, unreleased bytes
+            // and closed windows.
+            sim.nodes[1].release_every = Some(Duration::from_millis(2));
+        }
+        // Early moves catch handshakes, later ones bulk data and closes.
+        sim.schedule_migrations(4, Duration::from_millis(2));
+        sim.schedule_migrations(12, Duration::from_millis(150));
+        let r = sim.run(Duration::from_secs(3600));
+        let stats: Vec<TcpStats> = sim
+            .nodes
+            .iter()
+            .flat_map(|n| n.stacks.iter().map(|s| s.stats()))
+            .collect();
+        let sum = |f: fn(&TcpStats) -> u64| stats.iter().map(f).sum::<u64>();
+        eprintln!(
+            "seed {seed}: {params:?}: {:?} virtual, {} frames, {} lost, {} connections moved, {} frames forwarded, {} out-of-order segments dropped by moves",
+            r.virtual_time,
+            r.frames,
+            r.lost,
+            sim.moved,
+            sim.forwarded,
+            sum(|s| s.migrate_ooo_dropped)
+        );
+        assert_eq!(sum(|s| s.conns_exported), sim.moved);
+        assert_eq!(sum(|s| s.conns_imported), sim.moved);
+        assert_eq!(sum(|s| s.steered_away), sim.forwarded);
+        assert_eq!(sum(|s| s.conns_opened), 16, "no connection was reopened");
+        // No connection was reset; the only RSTs answer late duplicates
+        // that reach a connection already closed.
+        assert_eq!(sum(|s| s.rst_received), 0);
+        assert_eq!(sum(|s| s.rst_sent), sum(|s| s.dropped_no_listener));
+        moved += sim.moved;
+        forwarded += sim.forwarded;
+    }
+    assert!(moved > 50, "connections moved: {moved}");
+    assert!(
+        forwarded > 0,
+        "frames reached a core that had given their group away"
+    );
 }

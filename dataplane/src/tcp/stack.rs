@@ -193,7 +193,7 @@ impl TcpStack {
             &self.cfg,
         );
         c.cookie = cookie;
-        let idx = self.conns.insert(c).map_err(|_| TcpError::TableFull {
+        let idx = self.conns.insert(c).ok_or(TcpError::TableFull {
             max: self.cfg.max_conns,
         })?;
         self.stats.conns_opened += 1;
@@ -1151,7 +1151,7 @@ impl TcpStack {
             &self.cfg,
         );
         self.take_syn_options(&mut c, repr);
-        let Ok(idx) = self.conns.insert(c) else {
+        let Some(idx) = self.conns.insert(c) else {
             self.stats.syn_dropped_table_full += 1;
             return;
         };

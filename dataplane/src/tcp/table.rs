@@ -68,11 +68,11 @@ impl ConnTable {
     }
 
     /// Stores `conn` (its tuple not yet in the table) in a free slot and
-    /// hashes it. Gives `conn` back when the slab is full.
-    pub(crate) fn insert(&mut self, mut conn: Conn) -> Result<u32, Conn> {
+    /// hashes it. `None` when the slab is full.
+    pub(crate) fn insert(&mut self, mut conn: Conn) -> Option<u32> {
         let i = self.free;
         if i == NIL {
-            return Err(conn);
+            return None;
         }
         let slot = &mut self.conns[i as usize];
         self.free = slot.hnext;
@@ -82,7 +82,7 @@ impl ConnTable {
         self.buckets[b] = i;
         self.conns[i as usize] = conn;
         self.live += 1;
-        Ok(i)
+        Some(i)
     }
 
     /// Unhashes and frees slot `i`; its generation moves on so old handles
@@ -158,6 +158,7 @@ impl ConnTable {
     }
 
     /// Connections in use.
+    /// Connections in use.
     pub(crate) fn len(&self) -> usize {
         self.live
     }
@@ -197,7 +198,7 @@ mod tests {
         let a = t.insert(conn(1)).unwrap();
         let b = t.insert(conn(2)).unwrap();
         let c = t.insert(conn(3)).unwrap();
-        assert!(t.insert(conn(4)).is_err(), "full");
+        assert!(t.insert(conn(4)).is_none(), "full");
         assert_eq!(t.lookup(&tuple(2)), Some(b));
         let old = t.id(b);
         t.remove(b);
