@@ -58,11 +58,12 @@ fn flows(n: u16) -> Vec<FlowTuple> {
         .collect()
 }
 
-fn port(path: &std::path::Path, role: MemifRole, peer_rss: &RssConfig) -> MemifPort {
+/// A port whose own receive side is `rss`.
+fn port(path: &std::path::Path, role: MemifRole, rss: &RssConfig) -> MemifPort {
     MemifPort::open(MemifConfig {
         queues: Q,
         log2_ring_size: 8,
-        steering: Steering::Rss(peer_rss.clone()),
+        steering: Steering::Rss(rss.clone()),
         ..MemifConfig::new(path, role)
     })
     .unwrap()
@@ -154,13 +155,14 @@ fn steer_and_check(
 fn frames_land_on_the_queue_the_receivers_rss_picks() {
     let dir = temp_dir("steer");
     let sock = dir.0.join("memif.sock");
-    // The two ends have different tables; each sender uses its peer's.
+    // The two ends have different tables (same key, same number of flow
+    // groups); each publishes its own, each sender steers by its peer's.
     let master_rss = RssConfig::round_robin(Q, 128);
-    let mut slave_rss = RssConfig::round_robin(Q, 64);
+    let mut slave_rss = RssConfig::round_robin(Q, 128);
     slave_rss.reta.reverse();
-    slave_rss.key[0] ^= 0x5a;
-    let m = port(&sock, MemifRole::Master, &slave_rss);
-    let s = port(&sock, MemifRole::Slave, &master_rss);
+    slave_rss.reta.rotate_left(5);
+    let m = port(&sock, MemifRole::Master, &master_rss);
+    let s = port(&sock, MemifRole::Slave, &slave_rss);
     m.wait_connected(Duration::from_secs(10)).unwrap();
     s.wait_connected(Duration::from_secs(10)).unwrap();
     let mut mq = queues(&m, 10);

@@ -858,9 +858,9 @@ impl Dataplane {
                 m.queues = queues;
                 if queues > 1 && m.steering == Steering::None {
                     // Both ends are libix dataplanes with the same core
-                    // count and the default redirection table: steer each
-                    // frame to the queue the receiver's RSS picks, as a
-                    // NIC would.
+                    // count: each publishes its own (round-robin) receive
+                    // table in the wire's shared memory and steers each
+                    // frame by the peer's, as a NIC would.
                     m.steering = Steering::Rss(RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS));
                 }
                 let port = MemifPort::open(m.clone()).map_err(|source| IxError::Memif {

@@ -38,6 +38,7 @@ use std::time::Instant;
 use super::control::{self, ControlError, SeqPacket};
 use super::proto::{self, AddRegion, AddRing, Hello, Init, Message, ProtoError};
 use super::ring::{self, Desc, Regions, Ring, RingError};
+use super::steer::{self, Side, SteerArea};
 use crate::mem::{MemError, SharedMem};
 
 /// Most regions a master accepts (DPDK: `ETH_MEMIF_MAX_REGION_NUM`).
@@ -62,6 +63,10 @@ pub struct Params {
     pub log2_ring_size: u8,
     /// Packet buffer size (slave).
     pub buffer_size: u32,
+    /// With RSS steering over several queues: this end's receive table,
+    /// published in the steering area before the peer can send (its
+    /// length is the number of flow groups, the same at both ends).
+    pub rx_table: Option<Vec<u16>>,
 }
 
 /// Errors of a handshake. Each one's text is the DISCONNECT reason sent.
@@ -200,6 +205,27 @@ pub enum HandshakeError {
         /// Bytes needed.
         bytes: u64,
     },
+    /// RSS steering: the rings region has no steering area clear of the
+    /// rings.
+    #[error("rings region of {region_len} bytes has no room for the RSS steering area after its rings (they end at byte {rings_end}) — is the peer a libix dataplane with RSS steering?")]
+    SteerRoom {
+        /// Size of region 0.
+        region_len: u64,
+        /// End of the last ring in region 0.
+        rings_end: u64,
+    },
+    /// RSS steering: the steering area's header is not ours.
+    #[error("RSS steering: peer has {groups} flow groups, we have {ours} (area magic {magic:#x} version {version}, ours {:#x} version {}) — configure both ends with Steering::Rss and as many flow groups", steer::STEER_MAGIC, steer::STEER_VERSION)]
+    SteerHeader {
+        /// Magic found.
+        magic: u32,
+        /// Version found.
+        version: u16,
+        /// Flow groups found.
+        groups: u16,
+        /// Our flow groups.
+        ours: usize,
+    },
     /// The peer sent DISCONNECT.
     #[error("peer disconnected: {reason}")]
     PeerDisconnected {
@@ -262,6 +288,15 @@ impl OwnLayout {
     }
 }
 
+/// The steering area of a connection (RSS steering over several queues).
+#[derive(Debug, Clone, Copy)]
+pub struct SteerSpec {
+    /// Flow groups per table.
+    pub groups: usize,
+    /// This end's table (the one it writes).
+    pub own: Side,
+}
+
 /// An established connection: its regions and rings.
 #[derive(Debug)]
 pub struct Connection {
@@ -277,6 +312,8 @@ pub struct Connection {
     pub peer_name: String,
     /// The peer interface's name.
     pub peer_if_name: String,
+    /// The steering area, with RSS steering over several queues.
+    pub steer: Option<SteerSpec>,
 }
 
 impl Connection {
@@ -285,6 +322,15 @@ impl Connection {
         let s = &if c2s { &self.c2s } else { &self.s2c }[usize::from(index)];
         Ring::new(self.regions.clone(), s.region, s.offset, s.log2)
             .expect("ring placement was validated during the handshake")
+    }
+
+    /// A view of the steering area, with RSS steering over several queues.
+    pub fn steer_area(&self) -> Option<SteerArea> {
+        let spec = self.steer?;
+        Some(
+            SteerArea::new(self.regions.clone(), RINGS_REGION, spec.groups)
+                .expect("steering area placement was validated during the handshake"),
+        )
     }
 
     /// Zeroes head and tail of every ring and sets `MASK_INT` on those
@@ -435,15 +481,26 @@ fn master_inner(
                 add_ring(&ar, fd, &maps, table, p.rings)?;
             }
             Message::Connect { if_name } => {
-                let conn = Connection {
+                let mut conn = Connection {
                     regions: Arc::new(Regions::new(maps)),
                     c2s: complete(c2s, true, p.rings)?,
                     s2c: complete(s2c, false, p.rings)?,
                     own: None,
                     peer_name: init.name,
                     peer_if_name: if_name,
+                    steer: None,
                 };
                 check_cookies(&conn)?;
+                if let Some(table) = &p.rx_table {
+                    let area = check_steer_area(&conn, table.len())?;
+                    // Before CONNECTED: the slave steers by it from its
+                    // first frame.
+                    area.publish(Side::Master, table);
+                    conn.steer = Some(SteerSpec {
+                        groups: table.len(),
+                        own: Side::Master,
+                    });
+                }
                 conn.reset_rings(true);
                 let done = Message::Connected {
                     if_name: p.name.clone(),
@@ -596,6 +653,40 @@ fn complete(
         .collect()
 }
 
+/// Master: the slave's rings region must end in a steering area clear of
+/// every ring, with the header the slave writes for our table length.
+fn check_steer_area(conn: &Connection, groups: usize) -> Result<SteerArea, HandshakeError> {
+    let region_len = conn
+        .regions
+        .get(usize::from(RINGS_REGION))
+        .map_or(0, SharedMem::len);
+    let rings_end = conn
+        .c2s
+        .iter()
+        .chain(&conn.s2c)
+        .filter(|r| r.region == RINGS_REGION)
+        .map(|r| r.offset as usize + ring::ring_bytes(r.log2))
+        .max()
+        .unwrap_or(0);
+    let room = HandshakeError::SteerRoom {
+        region_len: region_len as u64,
+        rings_end: rings_end as u64,
+    };
+    match steer::area_offset(region_len) {
+        Some(off) if off >= rings_end => {}
+        _ => return Err(room),
+    }
+    let area = SteerArea::new(conn.regions.clone(), RINGS_REGION, groups).map_err(|_| room)?;
+    area.check_header()
+        .map_err(|(magic, version, g)| HandshakeError::SteerHeader {
+            magic,
+            version,
+            groups: g,
+            ours: groups,
+        })?;
+    Ok(area)
+}
+
 fn check_cookies(conn: &Connection) -> Result<(), HandshakeError> {
     for (c2s, n) in [(true, conn.c2s.len()), (false, conn.s2c.len())] {
         for i in 0..n as u16 {
@@ -737,11 +828,15 @@ fn create_layout(p: &Params, log2: u8, peer_name: String) -> Result<Connection, 
     let rings = p.rings;
     let ring_size = 1u32 << log2;
     let rings_len = 2 * usize::from(rings) * ring::ring_bytes(log2);
+    let region0_len = match p.rx_table {
+        Some(_) => steer::region_len_with_area(rings_len),
+        None => rings_len,
+    };
     let buf_bytes = 2 * u64::from(rings) * u64::from(ring_size) * u64::from(p.buffer_size);
     if buf_bytes > u64::from(u32::MAX) {
         return Err(HandshakeError::TooLarge { bytes: buf_bytes });
     }
-    let ring_mem = SharedMem::create("memif-rings", rings_len, false)?;
+    let ring_mem = SharedMem::create("memif-rings", region0_len, false)?;
     let buf_mem = SharedMem::create("memif-buffers", buf_bytes as usize, true)?;
     for m in [&ring_mem, &buf_mem] {
         // Hugetlb memfds cannot be sealed; their size is fixed anyway.
@@ -787,14 +882,32 @@ fn create_layout(p: &Params, log2: u8, peer_name: String) -> Result<Connection, 
             if is_c2s { &mut c2s } else { &mut s2c }.push(spec);
         }
     }
-    Ok(Connection {
+    let mut conn = Connection {
         regions,
         c2s,
         s2c,
         own: Some(own),
         peer_name,
         peer_if_name: String::new(),
-    })
+        steer: None,
+    };
+    if let Some(table) = &p.rx_table {
+        conn.steer = Some(SteerSpec {
+            groups: table.len(),
+            own: Side::Slave,
+        });
+        let area =
+            SteerArea::new(conn.regions.clone(), RINGS_REGION, table.len()).map_err(|_| {
+                HandshakeError::SteerRoom {
+                    region_len: region0_len as u64,
+                    rings_end: rings_len as u64,
+                }
+            })?;
+        area.write_header();
+        // Before ADD_REGION: the master steers by it from its first frame.
+        area.publish(Side::Slave, table);
+    }
+    Ok(conn)
 }
 
 /// Posts every buffer of the server-to-client rings (the slave's receive
@@ -833,6 +946,7 @@ mod tests {
             rings,
             log2_ring_size: 4,
             buffer_size: 256,
+            rx_table: None,
         }
     }
 
@@ -879,6 +993,62 @@ mod tests {
         assert_eq!(d.offset, ((2 + 1) * 16 + 3) * 256);
         s.ring(true, 0).set_tail(5, Ordering::Release);
         assert_eq!(mc.ring(true, 0).tail(Ordering::Acquire), 5);
+    }
+
+    #[test]
+    fn steering_tables_are_in_place_before_connected() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        let mut p = params(4);
+        let master_table: Vec<u16> = (0..128).map(|g| (g % 2) as u16).collect();
+        let slave_table = vec![1u16; 128];
+        let mut pm = p.clone();
+        pm.rx_table = Some(master_table.clone());
+        p.rx_table = Some(slave_table.clone());
+        let m = thread::spawn(move || master(&a, &pm, soon(), None).map(|c| (c, a)));
+        let s = slave(&b, &p, soon(), None).unwrap();
+        let (mc, _a) = m.join().unwrap().unwrap();
+        // The area is the last page of region 0, after the rings.
+        let rings_len = 2 * 4 * ring::ring_bytes(4);
+        assert_eq!(s.regions.get(0).unwrap().len(), 4096 + 4096);
+        assert!(steer::area_offset(8192).unwrap() >= rings_len);
+        // When the slave has CONNECTED, both tables are readable by both.
+        let (sa, ma) = (s.steer_area().unwrap(), mc.steer_area().unwrap());
+        assert_eq!(sa.read_table(Side::Master), master_table);
+        assert_eq!(ma.read_table(Side::Slave), slave_table);
+        assert_eq!(sa.mask(Side::Master), 0b11);
+        assert_eq!(ma.mask(Side::Slave), 0b10);
+        assert_eq!(s.steer.unwrap().own, Side::Slave);
+        assert_eq!(mc.steer.unwrap().own, Side::Master);
+    }
+
+    #[test]
+    fn master_with_steering_rejects_a_slave_without_the_area() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        let p = params(4);
+        let mut pm = p.clone();
+        pm.rx_table = Some(vec![0; 128]);
+        let m = thread::spawn(move || master(&a, &pm, soon(), None));
+        let r = slave(&b, &p, soon(), None);
+        let err = m.join().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HandshakeError::SteerRoom {
+                    region_len: 4096,
+                    rings_end: 3072
+                }
+            ),
+            "{err}"
+        );
+        match r {
+            Err(HandshakeError::PeerDisconnected { reason }) => {
+                assert!(
+                    reason.contains("no room for the RSS steering area"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A hand-written client: reads HELLO, then plays `script`.

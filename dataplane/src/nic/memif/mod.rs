@@ -26,21 +26,70 @@
 //! still exchanged (the protocol requires them) and signalled when a peer
 //! receives in interrupt mode (its `MASK_INT` clear).
 //!
-//! # Queues, and RSS steering (an extension, both ends configured alike)
+//! # Queues, and RSS steering (an extension, both ends libix dataplanes)
 //!
 //! With [`Steering::None`] queue *k* sends on ring *k* and receives on ring
 //! *k* of the other direction, exactly as DPDK's `net_memif` pairs queues
 //! and rings: a DPDK or VPP peer needs nothing special. With
 //! [`Steering::Rss`] the sender places each frame in the queue the
-//! *receiver's* RSS key and redirection table choose, as NIC hardware
-//! would. To keep every ring single-producer/single-consumer there are
-//! Q×Q rings per direction: sender queue *k*, receiver queue *j* → ring
-//! `k*Q + j`; receiver queue *j* polls rings `{k*Q + j}`. Both ends must
-//! be configured with the same number of queues and the same steering,
-//! and each end's [`RssConfig`] must be its *peer's* table. With one
-//! queue both layouts are the same. A frame that cannot be hashed (ARP,
-//! anything not TCP/UDP over IPv4) goes to *every* receiver queue, like a
-//! broadcast, so each of the peer's cores keeps its own neighbour table.
+//! *receiver's* redirection table chooses, as NIC hardware would. To
+//! keep every ring single-producer/single-consumer there are Q×Q rings
+//! per direction: sender queue *k*, receiver queue *j* → ring `k*Q + j`;
+//! receiver queue *j* polls rings `{k*Q + j}`. With one queue both
+//! layouts are the same and nothing is steered.
+//!
+//! Each end's [`RssConfig`] is its *own* receive side: the Toeplitz key
+//! and the initial redirection table (flow group → queue). Both ends must
+//! have the same number of queues, the same key (the sender hashes with
+//! its own key: with different keys, frames land on queues the receiver
+//! did not choose) and the same number of flow groups (1..=512; the
+//! master checks the last against the steering area header and refuses
+//! the connection otherwise). The tables themselves may differ.
+//!
+//! The tables live in the wire's shared memory, in a **steering area**:
+//! the slave makes region 0 (the rings) one 4 KiB page longer, and the
+//! area is the last [`STEER_AREA_LEN`] bytes of region 0 (start rounded
+//! down to 64 bytes, so both ends find it from the region size alone).
+//! It holds a header (magic `"IXRS"`, version 1, flow groups), then the
+//! master's receive table (steering client-to-server rings) and the
+//! slave's (server-to-client), each an active-queue bit mask `u32` and a
+//! `u16` per flow group; the `steer` module has the byte offsets. The
+//! slave writes the header and its table when it creates the region, the
+//! master checks that the area is clear of every ring and that the
+//! header matches before it writes its own table, and only then answers
+//! CONNECTED — so each side's table is in place before the peer's first
+//! frame. Both write their table again when the link comes up (a change
+//! made during the handshake), and every reconnect starts over on fresh
+//! memory from the table last set.
+//!
+//! At run time [`MemifPort::set_rx_table`] publishes a new own table
+//! (entry by entry, relaxed atomic stores; the mask is first widened to
+//! old ∪ new queues and narrowed afterwards). The sender's transmit path
+//! reads the peer's entry for each frame's flow group with one relaxed
+//! atomic load — no lock, no system call — so the next frame follows the
+//! new table. Frames already in a ring stay with the queue they were put
+//! in: moving a flow between queues keeps its order only if the old
+//! queue is drained before the new one sees the flow's next frames.
+//!
+//! A frame that cannot be hashed (ARP, anything not TCP/UDP over IPv4)
+//! goes to every queue whose bit is set in the peer's active-queue mask —
+//! every queue that appears in its table — like a broadcast, so each of
+//! the peer's running cores keeps its own neighbour table; idle queues
+//! (no flow group, rings nobody polls) get none.
+//!
+//! The port opens all Q queues' rings (Q = [`MemifConfig::queues`], the
+//! most cores the dataplane may run); a core added later takes its queue
+//! with [`MemifPort::queue`] at any time, and a queue dropped (a core
+//! removed) can be taken again; its ring cursors live in the shared rings.
+//!
+//! **A misbehaving peer** can write anything into its table. Nothing it
+//! writes is used as an index without a bounds check: an entry naming a
+//! queue the port does not have drops the frame and counts it
+//! ([`MemifQueue::steer_dropped`], also in `tx_dropped`), mask bits beyond
+//! the port's queues are ignored, and an empty mask drops unhashable
+//! frames (counted the same way). A peer can thus misroute or lose only
+//! its own incoming traffic. The area is accessed only through atomics at
+//! offsets, never as a byte slice.
 //!
 //! # Memory and limits
 //!
@@ -86,12 +135,14 @@ mod port;
 pub mod proto;
 mod queue;
 mod ring;
+mod steer;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use port::MemifPort;
 pub use queue::MemifQueue;
+pub use steer::{MAX_FLOW_GROUPS, STEER_AREA_LEN};
 
 use crate::rss::RssConfig;
 
@@ -114,8 +165,12 @@ pub enum MemifRole {
 pub enum Steering {
     /// Queue *k* ↔ ring *k* in each direction, as DPDK.
     None,
-    /// Each frame goes to the queue the peer's RSS configuration picks
-    /// (Q×Q rings per direction; see the module docs).
+    /// Each frame goes to the queue the *peer's* current redirection
+    /// table picks (Q×Q rings per direction; see the module docs). The
+    /// configuration is *this end's* receive side: the Toeplitz key (the
+    /// same at both ends) and the initial receive table (1..=512 flow
+    /// groups, the same number at both ends; change it at run time with
+    /// [`MemifPort::set_rx_table`]).
     Rss(RssConfig),
 }
 
@@ -166,6 +221,15 @@ impl MemifConfig {
         match self.steering {
             Steering::Rss(_) if q > 1 => q * q,
             _ => q,
+        }
+    }
+
+    /// The RSS configuration when frames are steered (RSS steering and
+    /// more than one queue; with one queue there is nothing to steer).
+    pub fn rss_steering(&self) -> Option<&RssConfig> {
+        match &self.steering {
+            Steering::Rss(r) if self.queues > 1 => Some(r),
+            _ => None,
         }
     }
 
@@ -228,13 +292,13 @@ impl MemifConfig {
             )?;
         }
         if let Steering::Rss(rss) = &self.steering {
-            if rss.reta.is_empty() {
-                return Err(MemifError::Config {
-                    field: "RSS redirection table length",
-                    value: 0,
-                    allowed: "at least one entry",
-                });
-            }
+            range(
+                "RSS redirection table length",
+                rss.reta.len() as u64,
+                1,
+                steer::MAX_FLOW_GROUPS as u64,
+                "1..=512 flow groups",
+            )?;
             if let Some((group, &queue)) =
                 rss.reta.iter().enumerate().find(|(_, &q)| q >= self.queues)
             {
@@ -276,6 +340,20 @@ pub enum MemifError {
         /// Queues of the port.
         queues: u16,
     },
+    /// A new receive table has another number of flow groups than the
+    /// configured one.
+    #[error("memif RSS table of {len} flow groups given, the port was configured with {groups} (both ends must agree on the number)")]
+    RetaLength {
+        /// Length given.
+        len: usize,
+        /// Length configured.
+        groups: usize,
+    },
+    /// The port does not steer by RSS, so it has no receive table.
+    #[error(
+        "memif port is not configured with Steering::Rss: it has no redirection table to change"
+    )]
+    NotSteering,
     /// The buffer memory would not fit 32-bit region offsets.
     #[error("memif buffers need {bytes} bytes, more than 32-bit offsets reach — use fewer queues, smaller rings or smaller buffers")]
     TooLarge {

@@ -26,7 +26,7 @@ use super::control::{self, ControlError, Listener, SeqPacket};
 use super::handshake::{self, Connection, Params};
 use super::proto::Message;
 use super::queue::MemifQueue;
-use super::{MemifConfig, MemifError, MemifRole};
+use super::{MemifConfig, MemifError, MemifRole, Steering};
 use crate::buf::Pool;
 
 /// How long a peer may take for the whole handshake.
@@ -43,6 +43,9 @@ struct State {
     /// A queue found the peer misbehaving on the connection of this
     /// generation: the control thread disconnects with this reason.
     fault: Option<(u64, &'static str)>,
+    /// This end's receive table (RSS steering; empty otherwise): published
+    /// on every connection, changed by [`MemifPort::set_rx_table`].
+    rx_table: Vec<u16>,
 }
 
 /// State shared by the port, its control thread and its queues.
@@ -96,6 +99,12 @@ impl Shared {
             conn.peer_if_name,
             conn.peer_name
         );
+        // The handshake published the table it was given; a change made
+        // since then is published here, under the lock `set_rx_table`
+        // takes, so the last table set is the one in the shared memory.
+        if let Some((area, spec)) = conn.steer_area().zip(conn.steer) {
+            area.publish(spec.own, &st.rx_table);
+        }
         st.conn = Some(Arc::new(conn));
         st.connects += 1;
         st.fault = None;
@@ -179,11 +188,18 @@ impl MemifPort {
             ControlError::Io { source, .. } => MemifError::Thread(source),
             other => MemifError::Thread(std::io::Error::other(other.to_string())),
         })?;
+        let state = State {
+            rx_table: match &cfg.steering {
+                Steering::Rss(r) => r.reta.clone(),
+                Steering::None => Vec::new(),
+            },
+            ..State::default()
+        };
         let shared = Arc::new(Shared {
             claimed: (0..cfg.queues).map(|_| AtomicBool::new(false)).collect(),
             cfg,
             generation: AtomicU64::new(0),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             changed: Condvar::new(),
             shutdown: AtomicBool::new(false),
             wake,
@@ -252,6 +268,60 @@ impl MemifPort {
         &self.shared.cfg
     }
 
+    /// Publishes `reta` as this end's receive table (flow group → queue):
+    /// the peer steers its next frames by it. Kept, and published again
+    /// on every reconnect. The table must have the configured number of
+    /// flow groups and name only queues the port has; nothing changes
+    /// otherwise.
+    ///
+    /// Entries are stored one by one (see the module docs for what a
+    /// sender sees mid-update). Frames already in a ring stay there: the
+    /// old queue receives them, so a flow moved between queues may be
+    /// seen out of order across the move unless the old queue is drained
+    /// first.
+    pub fn set_rx_table(&self, reta: &[u16]) -> Result<(), MemifError> {
+        let cfg = &self.shared.cfg;
+        let Steering::Rss(rss) = &cfg.steering else {
+            return Err(MemifError::NotSteering);
+        };
+        if reta.len() != rss.reta.len() {
+            return Err(MemifError::RetaLength {
+                len: reta.len(),
+                groups: rss.reta.len(),
+            });
+        }
+        if let Some((group, &queue)) = reta.iter().enumerate().find(|(_, &q)| q >= cfg.queues) {
+            return Err(MemifError::Reta {
+                group,
+                queue,
+                queues: cfg.queues,
+            });
+        }
+        let mut st = self.shared.lock();
+        st.rx_table.clear();
+        st.rx_table.extend_from_slice(reta);
+        if let Some(conn) = &st.conn {
+            if let Some((area, spec)) = conn.steer_area().zip(conn.steer) {
+                area.publish(spec.own, reta);
+            }
+        }
+        Ok(())
+    }
+
+    /// This end's receive table (empty without RSS steering).
+    pub fn rx_table(&self) -> Vec<u16> {
+        self.shared.lock().rx_table.clone()
+    }
+
+    /// The peer's receive table as it is in the shared memory now (what
+    /// this end steers by), or `None` when the link is down or frames are
+    /// not steered. Untrusted: entries may name queues the port lacks.
+    pub fn peer_rx_table(&self) -> Option<Vec<u16>> {
+        let conn = self.shared.lock().conn.clone()?;
+        let (area, spec) = conn.steer_area().zip(conn.steer)?;
+        Some(area.read_table(spec.own.peer()))
+    }
+
     /// The state shared with the control thread (tests reach the rings
     /// through it to play a misbehaving peer).
     #[cfg(test)]
@@ -287,8 +357,11 @@ impl Drop for MemifPort {
     }
 }
 
-fn params(cfg: &MemifConfig) -> Params {
+/// Handshake parameters, with the current receive table.
+fn params(sh: &Shared) -> Params {
+    let cfg = &sh.cfg;
     Params {
+        rx_table: cfg.rss_steering().map(|_| sh.lock().rx_table.clone()),
         id: cfg.id,
         secret: cfg.secret.clone(),
         name: cfg.name.clone(),
@@ -299,7 +372,6 @@ fn params(cfg: &MemifConfig) -> Params {
 }
 
 fn run_master(sh: &Shared, listener: Listener) {
-    let p = params(&sh.cfg);
     while !sh.stopping() {
         let ready = match control::poll_readable(&[listener.as_fd(), sh.wake.as_fd()], None) {
             Ok(r) => r,
@@ -324,7 +396,7 @@ fn run_master(sh: &Shared, listener: Listener) {
             }
         };
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        match handshake::master(&ch, &p, deadline, Some(sh.wake.as_fd())) {
+        match handshake::master(&ch, &params(sh), deadline, Some(sh.wake.as_fd())) {
             Ok(conn) => {
                 sh.link_up(conn);
                 let reason = serve(sh, &ch, Some(&listener));
@@ -336,14 +408,13 @@ fn run_master(sh: &Shared, listener: Listener) {
 }
 
 fn run_slave(sh: &Shared) {
-    let p = params(&sh.cfg);
     let mut pause = RETRY_MIN;
     while !sh.stopping() {
         match SeqPacket::connect(&sh.cfg.socket_path) {
             Err(e) => sh.note(format!("connect: {e}")),
             Ok(ch) => {
                 let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-                match handshake::slave(&ch, &p, deadline, Some(sh.wake.as_fd())) {
+                match handshake::slave(&ch, &params(sh), deadline, Some(sh.wake.as_fd())) {
                     Ok(conn) => {
                         sh.link_up(conn);
                         let reason = serve(sh, &ch, None);

@@ -24,10 +24,11 @@ use super::control;
 use super::handshake::{Connection, OwnLayout};
 use super::port::Shared;
 use super::ring::{Buffers, Desc, Ring, DESC_FLAG_NEXT, RING_FLAG_MASK_INT};
-use super::{MemifRole, Steering, MAX_FRAME_LEN};
+use super::steer::{Side, SteerArea};
+use super::{MemifRole, MAX_FRAME_LEN};
 use crate::buf::{PktBuf, Pool};
 use crate::nic::{QueuePair, QueueStats};
-use crate::rss::{FlowTuple, RssConfig};
+use crate::rss::{toeplitz, FlowTuple, RSS_KEY_LEN};
 
 /// A ring this queue produces into.
 struct TxRing {
@@ -50,6 +51,14 @@ struct RxRing {
     cursor: u16,
 }
 
+/// RSS steering on one connection: the peer's table in shared memory.
+struct TxSteer {
+    area: SteerArea,
+    /// The peer's side (whose table this end reads).
+    peer: Side,
+    key: [u8; RSS_KEY_LEN],
+}
+
 /// Per-connection state of a queue.
 struct Active {
     conn: Arc<Connection>,
@@ -64,6 +73,8 @@ struct Active {
     rx: Vec<RxRing>,
     /// Receive ring to start the next burst with (fairness).
     rx_next: usize,
+    /// RSS steering (`tx` is then indexed by the peer's queue).
+    steer: Option<TxSteer>,
 }
 
 /// The ring protocol was broken by the peer.
@@ -75,10 +86,13 @@ pub struct MemifQueue {
     shared: Arc<Shared>,
     q: u16,
     pool: Pool,
-    steer: Option<RssConfig>,
+    /// The Toeplitz key, with RSS steering over several queues.
+    rss_key: Option<[u8; RSS_KEY_LEN]>,
     seen: u64,
     link: Option<Active>,
     stats: QueueStats,
+    /// Frames dropped because the peer's table named no queue it has.
+    steer_dropped: u64,
     /// Private copy target for [`MemifQueue::rx_burst_bytes`].
     scratch: Box<[u8]>,
 }
@@ -197,18 +211,16 @@ impl<F: FnMut(&[u8])> Sink for ByteSink<'_, F> {
 
 impl MemifQueue {
     pub(crate) fn new(shared: Arc<Shared>, q: u16, pool: Pool) -> MemifQueue {
-        let steer = match &shared.cfg.steering {
-            Steering::Rss(r) if shared.cfg.queues > 1 => Some(r.clone()),
-            _ => None,
-        };
+        let rss_key = shared.cfg.rss_steering().map(|r| r.key);
         MemifQueue {
             shared,
             q,
             pool,
-            steer,
+            rss_key,
             seen: u64::MAX,
             link: None,
             stats: QueueStats::default(),
+            steer_dropped: 0,
             scratch: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
         }
     }
@@ -216,6 +228,13 @@ impl MemifQueue {
     /// This queue's number.
     pub fn id(&self) -> u16 {
         self.q
+    }
+
+    /// Frames not sent because the peer's redirection table (in the shared
+    /// memory) named a queue the port does not have, or no queue at all
+    /// for an unhashable frame. Also counted in `tx_dropped`.
+    pub fn steer_dropped(&self) -> u64 {
+        self.steer_dropped
     }
 
     /// Whether the link is up as this queue sees it.
@@ -246,7 +265,7 @@ impl MemifQueue {
         let master = cfg.role == MemifRole::Master;
         let q = self.q;
         let nq = cfg.queues;
-        let rss = self.steer.is_some();
+        let rss = self.rss_key.is_some();
         // Ring indices: sender k → receiver j uses ring k*Q + j.
         let tx_idx: Vec<u16> = if rss {
             (0..nq).map(|j| q * nq + j).collect()
@@ -297,7 +316,16 @@ impl MemifQueue {
                 }
             })
             .collect();
+        let steer = self.rss_key.and_then(|key| {
+            let (area, spec) = conn.steer_area().zip(conn.steer)?;
+            Some(TxSteer {
+                area,
+                peer: spec.own.peer(),
+                key,
+            })
+        });
         Active {
+            steer,
             bufs: Buffers::new(conn.regions.clone()),
             own: conn.own,
             conn,
@@ -385,7 +413,7 @@ impl MemifQueue {
             return frames.len();
         }
         let act = self.link.as_mut().expect("link checked");
-        match tx_frames(act, self.steer.as_ref(), frames, data, &mut self.stats) {
+        match tx_frames(act, frames, data, &mut self.stats, &mut self.steer_dropped) {
             Ok(n) => n,
             Err((n, f)) => {
                 self.fault(f);
@@ -489,10 +517,10 @@ fn rx_ring<S: Sink>(
 /// were taken, or the count taken so far and a fault.
 fn tx_frames<T>(
     act: &mut Active,
-    steer: Option<&RssConfig>,
     frames: &[T],
     data: impl Fn(&T) -> &[u8],
     stats: &mut QueueStats,
+    steer_dropped: &mut u64,
 ) -> Result<usize, (usize, Fault)> {
     // Snapshot the room in every ring once per burst.
     for t in act.tx.iter_mut() {
@@ -521,34 +549,57 @@ fn tx_frames<T>(
             taken += 1;
             continue;
         }
-        let flow = steer.map(|r| (r, FlowTuple::from_frame(bytes)));
-        if let Some((_, None)) = flow {
-            // Not hashable (ARP, broadcasts): every receiver queue gets a
-            // copy, so each of the peer's cores keeps its own neighbour
-            // table current. Best effort, as broadcast is: a full ring
-            // misses its copy.
-            for t in act.tx.iter_mut() {
-                let put = if act.master {
-                    fill_posted(t, &act.bufs, bytes)
-                } else {
-                    produce_own(t, &act.bufs, act.own.expect("slave layout"), bytes)
-                };
-                if let Put::Fault(f) = put {
-                    fault = Some(f);
-                    break;
+        let j = match &act.steer {
+            None => 0,
+            Some(s) => match FlowTuple::from_frame(bytes) {
+                // The peer's current entry for the flow's group: one
+                // relaxed load from the shared memory. Untrusted: an entry
+                // naming no queue of ours misses `act.tx` below.
+                Some(flow) => {
+                    let group = toeplitz(&s.key, &flow.hash_input()) as usize % s.area.groups();
+                    usize::from(s.area.entry(s.peer, group))
                 }
-            }
-            if fault.is_some() {
-                break;
-            }
-            stats.tx_packets += 1;
-            stats.tx_bytes += bytes.len() as u64;
-            taken += 1;
-            continue;
-        }
-        let j = flow.map_or(0, |(r, f)| usize::from(f.map_or(0, |f| r.queue_for(&f))));
+                None => {
+                    // Not hashable (ARP, broadcasts): every queue in the
+                    // peer's table gets a copy, so each of its running
+                    // cores keeps its own neighbour table current (idle
+                    // queues, whose rings nobody polls, get none). Best
+                    // effort, as broadcast is: a full ring misses its copy.
+                    let mask = s.area.mask(s.peer);
+                    let mut sent = false;
+                    for (j, t) in act.tx.iter_mut().enumerate() {
+                        if 1u32.checked_shl(j as u32).is_none_or(|bit| mask & bit == 0) {
+                            continue;
+                        }
+                        sent = true;
+                        let put = if act.master {
+                            fill_posted(t, &act.bufs, bytes)
+                        } else {
+                            produce_own(t, &act.bufs, act.own.expect("slave layout"), bytes)
+                        };
+                        if let Put::Fault(f) = put {
+                            fault = Some(f);
+                            break;
+                        }
+                    }
+                    if fault.is_some() {
+                        break;
+                    }
+                    if sent {
+                        stats.tx_packets += 1;
+                        stats.tx_bytes += bytes.len() as u64;
+                    } else {
+                        stats.tx_dropped += 1;
+                        *steer_dropped += 1;
+                    }
+                    taken += 1;
+                    continue;
+                }
+            },
+        };
         let Some(t) = act.tx.get_mut(j) else {
             stats.tx_dropped += 1;
+            *steer_dropped += 1;
             taken += 1;
             continue;
         };
@@ -758,6 +809,7 @@ impl Drop for MemifQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nic::memif::steer::Side;
     use crate::nic::memif::{MemifConfig, MemifPort};
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
@@ -801,6 +853,77 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// A connected two-queue pair with RSS steering, round-robin tables.
+    fn rss_pair(tag: &str) -> Pair {
+        let dir = std::env::temp_dir().join(format!("ix-memif-q-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("memif.sock");
+        let cfg = |role| MemifConfig {
+            queues: 2,
+            log2_ring_size: 4,
+            steering: crate::nic::memif::Steering::Rss(crate::rss::RssConfig::round_robin(2, 128)),
+            ..MemifConfig::new(&sock, role)
+        };
+        let master = MemifPort::open(cfg(MemifRole::Master)).unwrap();
+        let slave = MemifPort::open(cfg(MemifRole::Slave)).unwrap();
+        master.wait_connected(Duration::from_secs(10)).unwrap();
+        slave.wait_connected(Duration::from_secs(10)).unwrap();
+        Pair { dir, master, slave }
+    }
+
+    /// A UDP/IPv4 frame from port `sport`.
+    fn udp(sport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[14 + 9] = 17;
+        f[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 1]);
+        f[14 + 16..14 + 20].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&80u16.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn peer_table_naming_missing_queues_drops_and_counts() {
+        let p = rss_pair("badtable");
+        let mut m0 = p.master.queue(0, Pool::new(1, 64, false).unwrap()).unwrap();
+        let mut m1 = p.master.queue(1, Pool::new(2, 64, false).unwrap()).unwrap();
+        let mut s0 = p.slave.queue(0, Pool::new(3, 64, false).unwrap()).unwrap();
+        assert!(s0.is_up());
+        // The master "lies" in its table (the same memory the slave reads):
+        // queues it does not have, and a mask naming only such queues.
+        let area = conn(&p.master).steer_area().unwrap();
+        for g in 0..128 {
+            area.set_entry(Side::Master, g, 2 + g as u16 * 509);
+        }
+        area.set_entry(Side::Master, 5, u16::MAX);
+        area.set_mask(Side::Master, 0xffff_fffc);
+        let frames: Vec<Vec<u8>> = (0..12u16)
+            .map(|i| udp(1000 + i * 77))
+            .chain(std::iter::once(vec![0xff; 60]))
+            .collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        assert_eq!(s0.tx_burst_bytes(&refs), 13, "all taken");
+        assert_eq!(s0.steer_dropped(), 13);
+        assert_eq!(s0.stats().tx_dropped, 13);
+        assert_eq!(s0.stats().tx_packets, 0);
+        let mut got = Vec::new();
+        assert_eq!(m0.rx_burst(&mut got, 32) + m1.rx_burst(&mut got, 32), 0);
+        assert!(p.slave.is_connected(), "a bad table is not fatal");
+        assert!(p.slave.peer_rx_table().unwrap().contains(&u16::MAX));
+        // The peer repairs its table: frames flow again.
+        p.master.set_rx_table(&[1; 128]).unwrap();
+        assert_eq!(s0.tx_burst_bytes(&refs), 13);
+        assert_eq!(s0.steer_dropped(), 13);
+        wait_for("the frames", || {
+            m1.rx_burst(&mut got, 32);
+            got.len() == 13
+        });
+        assert_eq!(m0.rx_burst(&mut got, 32), 0);
     }
 
     #[test]
