@@ -40,6 +40,7 @@ use super::proto::{self, AddRegion, AddRing, Hello, Init, Message, ProtoError};
 use super::ring::{self, Desc, Regions, Ring, RingError};
 use super::steer::{self, Side, SteerArea};
 use crate::mem::{MemError, SharedMem};
+use crate::rss::RssConfig;
 
 /// Most regions a master accepts (DPDK: `ETH_MEMIF_MAX_REGION_NUM`).
 pub const MAX_REGIONS: u16 = 256;
@@ -63,10 +64,11 @@ pub struct Params {
     pub log2_ring_size: u8,
     /// Packet buffer size (slave).
     pub buffer_size: u32,
-    /// With RSS steering over several queues: this end's receive table,
-    /// published in the steering area before the peer can send (its
-    /// length is the number of flow groups, the same at both ends).
-    pub rx_table: Option<Vec<u16>>,
+    /// With RSS steering over several queues: the Toeplitz key (the same
+    /// at both ends) and this end's current receive table, published in
+    /// the steering area before the peer can send (its length is the
+    /// number of flow groups, the same at both ends).
+    pub rss: Option<RssConfig>,
 }
 
 /// Errors of a handshake. Each one's text is the DISCONNECT reason sent.
@@ -226,6 +228,11 @@ pub enum HandshakeError {
         /// Our flow groups.
         ours: usize,
     },
+    /// RSS steering: the slave hashes with another Toeplitz key.
+    #[error(
+        "RSS steering: peer uses another Toeplitz key — configure both ends with the same key"
+    )]
+    SteerKey,
     /// The peer sent DISCONNECT.
     #[error("peer disconnected: {reason}")]
     PeerDisconnected {
@@ -491,13 +498,13 @@ fn master_inner(
                     steer: None,
                 };
                 check_cookies(&conn)?;
-                if let Some(table) = &p.rx_table {
-                    let area = check_steer_area(&conn, table.len())?;
+                if let Some(rss) = &p.rss {
+                    let area = check_steer_area(&conn, rss)?;
                     // Before CONNECTED: the slave steers by it from its
                     // first frame.
-                    area.publish(Side::Master, table);
+                    area.publish(Side::Master, &rss.reta);
                     conn.steer = Some(SteerSpec {
-                        groups: table.len(),
+                        groups: rss.reta.len(),
                         own: Side::Master,
                     });
                 }
@@ -654,8 +661,10 @@ fn complete(
 }
 
 /// Master: the slave's rings region must end in a steering area clear of
-/// every ring, with the header the slave writes for our table length.
-fn check_steer_area(conn: &Connection, groups: usize) -> Result<SteerArea, HandshakeError> {
+/// every ring, with the header the slave writes for our table length and
+/// our key.
+fn check_steer_area(conn: &Connection, rss: &RssConfig) -> Result<SteerArea, HandshakeError> {
+    let groups = rss.reta.len();
     let region_len = conn
         .regions
         .get(usize::from(RINGS_REGION))
@@ -684,6 +693,9 @@ fn check_steer_area(conn: &Connection, groups: usize) -> Result<SteerArea, Hands
             groups: g,
             ours: groups,
         })?;
+    if area.key() != rss.key {
+        return Err(HandshakeError::SteerKey);
+    }
     Ok(area)
 }
 
@@ -828,7 +840,7 @@ fn create_layout(p: &Params, log2: u8, peer_name: String) -> Result<Connection, 
     let rings = p.rings;
     let ring_size = 1u32 << log2;
     let rings_len = 2 * usize::from(rings) * ring::ring_bytes(log2);
-    let region0_len = match p.rx_table {
+    let region0_len = match p.rss {
         Some(_) => steer::region_len_with_area(rings_len),
         None => rings_len,
     };
@@ -891,7 +903,8 @@ fn create_layout(p: &Params, log2: u8, peer_name: String) -> Result<Connection, 
         peer_if_name: String::new(),
         steer: None,
     };
-    if let Some(table) = &p.rx_table {
+    if let Some(rss) = &p.rss {
+        let table = &rss.reta;
         conn.steer = Some(SteerSpec {
             groups: table.len(),
             own: Side::Slave,
@@ -903,7 +916,7 @@ fn create_layout(p: &Params, log2: u8, peer_name: String) -> Result<Connection, 
                     rings_end: rings_len as u64,
                 }
             })?;
-        area.write_header();
+        area.write_header(&rss.key);
         // Before ADD_REGION: the master steers by it from its first frame.
         area.publish(Side::Slave, table);
     }
@@ -946,7 +959,7 @@ mod tests {
             rings,
             log2_ring_size: 4,
             buffer_size: 256,
-            rx_table: None,
+            rss: None,
         }
     }
 
@@ -1002,8 +1015,14 @@ mod tests {
         let master_table: Vec<u16> = (0..128).map(|g| (g % 2) as u16).collect();
         let slave_table = vec![1u16; 128];
         let mut pm = p.clone();
-        pm.rx_table = Some(master_table.clone());
-        p.rx_table = Some(slave_table.clone());
+        pm.rss = Some(RssConfig {
+            reta: master_table.clone(),
+            ..RssConfig::round_robin(1, 128)
+        });
+        p.rss = Some(RssConfig {
+            reta: slave_table.clone(),
+            ..RssConfig::round_robin(1, 128)
+        });
         let m = thread::spawn(move || master(&a, &pm, soon(), None).map(|c| (c, a)));
         let s = slave(&b, &p, soon(), None).unwrap();
         let (mc, _a) = m.join().unwrap().unwrap();
@@ -1026,7 +1045,7 @@ mod tests {
         let (a, b) = SeqPacket::pair().unwrap();
         let p = params(4);
         let mut pm = p.clone();
-        pm.rx_table = Some(vec![0; 128]);
+        pm.rss = Some(RssConfig::round_robin(1, 128));
         let m = thread::spawn(move || master(&a, &pm, soon(), None));
         let r = slave(&b, &p, soon(), None);
         let err = m.join().unwrap().unwrap_err();
@@ -1046,6 +1065,26 @@ mod tests {
                     reason.contains("no room for the RSS steering area"),
                     "{reason}"
                 )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn master_rejects_a_slave_hashing_with_another_key() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        let mut p = params(4);
+        let mut pm = p.clone();
+        pm.rss = Some(RssConfig::round_robin(2, 128));
+        let mut other = RssConfig::round_robin(2, 128);
+        other.key[39] ^= 1;
+        p.rss = Some(other);
+        let m = thread::spawn(move || master(&a, &pm, soon(), None));
+        let r = slave(&b, &p, soon(), None);
+        assert!(matches!(m.join().unwrap(), Err(HandshakeError::SteerKey)));
+        match r {
+            Err(HandshakeError::PeerDisconnected { reason }) => {
+                assert!(reason.contains("another Toeplitz key"), "{reason}")
             }
             other => panic!("{other:?}"),
         }

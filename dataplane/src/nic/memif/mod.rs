@@ -41,16 +41,18 @@
 //! Each end's [`RssConfig`] is its *own* receive side: the Toeplitz key
 //! and the initial redirection table (flow group → queue). Both ends must
 //! have the same number of queues, the same key (the sender hashes with
-//! its own key: with different keys, frames land on queues the receiver
-//! did not choose) and the same number of flow groups (1..=512; the
-//! master checks the last against the steering area header and refuses
-//! the connection otherwise). The tables themselves may differ.
+//! its own key; with different keys frames would land on queues the
+//! receiver did not choose) and the same number of flow groups (1..=512).
+//! The master checks key and group count against the steering area
+//! header the slave wrote and refuses the connection otherwise. The
+//! tables themselves may differ.
 //!
 //! The tables live in the wire's shared memory, in a **steering area**:
 //! the slave makes region 0 (the rings) one 4 KiB page longer, and the
 //! area is the last [`STEER_AREA_LEN`] bytes of region 0 (start rounded
 //! down to 64 bytes, so both ends find it from the region size alone).
-//! It holds a header (magic `"IXRS"`, version 1, flow groups), then the
+//! It holds a header (magic `"IXRS"`, version 1, flow groups, the slave's
+//! key), then the
 //! master's receive table (steering client-to-server rings) and the
 //! slave's (server-to-client), each an active-queue bit mask `u32` and a
 //! `u16` per flow group; the `steer` module has the byte offsets. The

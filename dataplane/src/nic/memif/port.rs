@@ -28,6 +28,7 @@ use super::proto::Message;
 use super::queue::MemifQueue;
 use super::{MemifConfig, MemifError, MemifRole, Steering};
 use crate::buf::Pool;
+use crate::rss::RssConfig;
 
 /// How long a peer may take for the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -361,7 +362,10 @@ impl Drop for MemifPort {
 fn params(sh: &Shared) -> Params {
     let cfg = &sh.cfg;
     Params {
-        rx_table: cfg.rss_steering().map(|_| sh.lock().rx_table.clone()),
+        rss: cfg.rss_steering().map(|r| RssConfig {
+            key: r.key,
+            reta: sh.lock().rx_table.clone(),
+        }),
         id: cfg.id,
         secret: cfg.secret.clone(),
         name: cfg.name.clone(),

@@ -13,6 +13,7 @@
 //! | 0      | magic `u32` = [`STEER_MAGIC`] (written by the slave)       |
 //! | 4      | version `u16` = [`STEER_VERSION`]                          |
 //! | 6      | flow groups `u16` (length of both tables, 1..=512)         |
+//! | 8      | the slave's Toeplitz key, 40 bytes (the master checks it is its own) |
 //! | 64     | master's table: active-queue mask `u32` (bit *j*: queue *j* appears in the table) |
 //! | 128    | master's table: queue of each flow group, `u16` × groups (room for 512) |
 //! | 1152   | slave's table: active-queue mask `u32`                     |
@@ -38,6 +39,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::ring::Regions;
+use crate::rss::RSS_KEY_LEN;
 
 /// Bytes reserved for the steering area at the end of region 0.
 pub const STEER_AREA_LEN: usize = 4096;
@@ -55,6 +57,7 @@ mod off {
     pub const MAGIC: usize = 0;
     pub const VERSION: usize = 4;
     pub const GROUPS: usize = 6;
+    pub const KEY: usize = 8;
     pub const MASTER: usize = 64;
     pub const SLAVE: usize = 64 + TABLE_BLOCK;
     /// Mask word, then entries at `ENTRIES` within a table block.
@@ -64,6 +67,7 @@ mod off {
 }
 
 const _: () = assert!(off::SLAVE + off::TABLE_BLOCK <= STEER_AREA_LEN);
+const _: () = assert!(off::KEY + RSS_KEY_LEN <= off::MASTER && RSS_KEY_LEN.is_multiple_of(4));
 
 /// Whose receive table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,8 +203,13 @@ impl SteerArea {
         unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(off).cast()) }
     }
 
-    /// Writes magic, version and table length (the slave, at creation).
-    pub fn write_header(&self) {
+    /// Writes magic, version, table length and the Toeplitz key (the
+    /// slave, at creation).
+    pub fn write_header(&self, key: &[u8; RSS_KEY_LEN]) {
+        for (i, w) in key.chunks_exact(4).enumerate() {
+            let w = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            self.u32_at(off::KEY + 4 * i).store(w, Ordering::Relaxed);
+        }
         self.u32_at(off::MAGIC)
             .store(STEER_MAGIC, Ordering::Relaxed);
         self.u16_at(off::VERSION)
@@ -222,6 +231,16 @@ impl SteerArea {
         } else {
             Err(got)
         }
+    }
+
+    /// The Toeplitz key in the header.
+    pub fn key(&self) -> [u8; RSS_KEY_LEN] {
+        let mut key = [0u8; RSS_KEY_LEN];
+        for (i, w) in key.chunks_exact_mut(4).enumerate() {
+            let v = self.u32_at(off::KEY + 4 * i).load(Ordering::Relaxed);
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+        key
     }
 
     /// The queue `side`'s table gives flow group `group`; `u16::MAX` for
@@ -302,8 +321,9 @@ mod tests {
     #[test]
     fn tables_are_separate_and_read_back() {
         let a = SteerArea::new(regions(8192), 0, 128).unwrap();
-        a.write_header();
+        a.write_header(&crate::rss::DEFAULT_RSS_KEY);
         assert_eq!(a.check_header(), Ok(()));
+        assert_eq!(a.key(), crate::rss::DEFAULT_RSS_KEY);
         let m: Vec<u16> = (0..128).map(|g| g % 3).collect();
         let s: Vec<u16> = (0..128).map(|g| 15 - g % 2).collect();
         a.publish(Side::Master, &m);
@@ -318,7 +338,9 @@ mod tests {
     #[test]
     fn header_of_another_size_or_garbage_is_refused() {
         let r = regions(8192);
-        SteerArea::new(r.clone(), 0, 64).unwrap().write_header();
+        SteerArea::new(r.clone(), 0, 64)
+            .unwrap()
+            .write_header(&[7; RSS_KEY_LEN]);
         let a = SteerArea::new(r, 0, 128).unwrap();
         assert_eq!(a.check_header(), Err((STEER_MAGIC, STEER_VERSION, 64)));
         let fresh = SteerArea::new(regions(8192), 0, 128).unwrap();
