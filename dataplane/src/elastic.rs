@@ -17,6 +17,13 @@
 //!    protection domain, no crossing);
 //! 7. TCP output for every connection touched this turn, then one TX burst.
 //!
+//! Between steps 2 and 3 the thread reads its mailbox when it has mail
+//! (one atomic check per turn): flow-group migration between the
+//! dataplane's cores (see [`crate::migrate`]) and retirement. A segment
+//! that matches none of the core's connections is checked against the
+//! flow-group owners: a group moving here is held until the move settles,
+//! another core's group is forwarded to it.
+//!
 //! No locks, no allocation and no system calls in steady state: buffers
 //! come from the queue's pool, the event and TX arrays are reused, and the
 //! thread counts in plain fields of its own. Every
@@ -25,6 +32,7 @@
 //! [`CoreCounters`] and, under a control plane, to its record of the
 //! shared stats page: stores and fences, no locked read-modify-write.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::rc::Rc;
@@ -33,9 +41,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::buf::{PktBuf, Pool};
+use crate::migrate::{Arrival, HandOver, Message, Owner, Shared, MAX_HELD, SETTLE_AFTER};
 use crate::net::iface::{Delivered, IfaceConfig, Interface};
 use crate::nic::QueuePair;
-use crate::rss::{FlowTuple, RssConfig};
+use crate::rss::RssConfig;
 use crate::stats::{self, Averages, CoreStats, CoreWriter, Interval, LocalRecord};
 use crate::tcp::{ConnId, FourTuple, TcpConfig, TcpError, TcpEvent, TcpStack};
 use crate::time::Instant;
@@ -50,8 +59,9 @@ pub const DEFAULT_BATCH: usize = 64;
 pub struct CoreConfig {
     /// Index of the queue pair (and of the core among the dataplane's).
     pub queue: u16,
-    /// The port's RSS configuration (to pick local ports for outgoing
-    /// connections whose replies hash back to this queue).
+    /// The port's RSS configuration at start: the key, and the flow groups'
+    /// first owners (a standalone thread; threads of one dataplane share
+    /// [`Shared`], see [`ElasticThread::with_shared`]).
     pub rss: RssConfig,
     /// The interface's addresses.
     pub iface: IfaceConfig,
@@ -206,6 +216,7 @@ pub struct Core {
     tx: Vec<PktBuf>,
     next_port: u16,
     stop: bool,
+    shared: Arc<Shared>,
 }
 
 impl Core {
@@ -241,26 +252,20 @@ impl Core {
     }
 
     /// Opens a connection to `remote`, choosing a local port whose flow
-    /// hashes back to this core's queue.
+    /// hashes back to a flow group this core owns.
     pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, CallError> {
         const FIRST: u16 = 32768;
         let local_ip = self.cfg.iface.ip;
         for _ in 0..(u16::MAX - FIRST) {
             let port = self.next_port;
             self.next_port = if port == u16::MAX { FIRST } else { port + 1 };
-            let inbound = FlowTuple {
-                src_ip: remote.ip().octets(),
-                dst_ip: local_ip.octets(),
-                src_port: remote.port(),
-                dst_port: port,
-            };
-            if self.cfg.rss.queue_for(&inbound) != self.cfg.queue {
-                continue;
-            }
             let tuple = FourTuple {
                 local: SocketAddrV4::new(local_ip, port),
                 remote,
             };
+            if !self.shared.owners.is_owned_by(&tuple, self.cfg.queue) {
+                continue;
+            }
             match self.tcp.connect(self.now, tuple, 0) {
                 Ok(conn) => return Ok(conn),
                 Err(TcpError::TupleInUse) => continue,
@@ -355,6 +360,20 @@ pub trait Handler {
     fn poll(&mut self, core: &mut Core) {
         let _ = core;
     }
+    /// Called when `conn` is about to move to another core (its flow group
+    /// migrates): return the connection's application state, to be given
+    /// to [`Handler::migrate_in`] there. Receive buffers still held for it
+    /// count as consumed afterwards: keep copies of what is needed. The
+    /// default keeps nothing.
+    fn migrate_out(&mut self, core: &mut Core, conn: ConnId) -> Option<Box<dyn Any + Send>> {
+        let _ = (core, conn);
+        None
+    }
+    /// Called when a connection arrived from another core, under its new
+    /// handle, with what [`Handler::migrate_out`] returned there.
+    fn migrate_in(&mut self, core: &mut Core, conn: ConnId, state: Option<Box<dyn Any + Send>>) {
+        let _ = (core, conn, state);
+    }
 }
 
 /// Turns TCP's events into the application's, wrapping received data in
@@ -407,6 +426,94 @@ impl Window {
     }
 }
 
+/// Flow-group migration counters of one core (see [`crate::migrate`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigrationStats {
+    /// Connections handed to other cores.
+    pub exported: u64,
+    /// Connections taken over from other cores.
+    pub imported: u64,
+    /// Connections that could not be imported (table or pool full): lost,
+    /// logged; the peer's next segment draws a reset.
+    pub import_failed: u64,
+    /// Segments forwarded to the core owning their flow group.
+    pub forwarded: u64,
+    /// Forwarded segments received from other cores.
+    pub forwards_received: u64,
+    /// Segments held for a group moving here, and replayed.
+    pub held: u64,
+    /// Segments dropped because the hold queue was full, or a forwarded
+    /// one found the pool empty (TCP retransmits them).
+    pub held_dropped: u64,
+}
+
+/// Groups this core handed over and is still forwarding for.
+struct Outgoing {
+    groups: Vec<u16>,
+    to: u16,
+    settle_at: Instant,
+    drained: bool,
+    report: HandOver,
+    done: std::sync::mpsc::Sender<HandOver>,
+}
+
+/// A segment held for a flow group moving to this core.
+struct Held {
+    group: u16,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    segment: PktBuf,
+}
+
+/// A segment that matched no connection of `core` and whose flow group is
+/// not the core's: held when the group is moving here, forwarded to the
+/// group's core otherwise.
+fn steer_away(
+    core: &mut Core,
+    held: &mut Vec<Held>,
+    stats: &mut MigrationStats,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    segment: PktBuf,
+) {
+    let me = core.cfg.queue;
+    let d = segment.data();
+    let (Some(sp), Some(dp)) = (d.get(0..2), d.get(2..4)) else {
+        return;
+    };
+    let tuple = FourTuple {
+        local: SocketAddrV4::new(dst, u16::from_be_bytes([dp[0], dp[1]])),
+        remote: SocketAddrV4::new(src, u16::from_be_bytes([sp[0], sp[1]])),
+    };
+    let group = core.shared.owners.group_of(&tuple);
+    match core.shared.owners.owner(group) {
+        Owner::Moving { to } if to == me => {
+            if held.len() < MAX_HELD {
+                stats.held += 1;
+                held.push(Held {
+                    group: group as u16,
+                    src,
+                    dst,
+                    segment,
+                });
+            } else {
+                stats.held_dropped += 1;
+            }
+        }
+        owner => {
+            stats.forwarded += 1;
+            core.shared.post(
+                owner.core(),
+                Message::Forward {
+                    src,
+                    dst,
+                    segment: d.to_vec(),
+                },
+            );
+        }
+    }
+}
+
 /// One elastic thread's state: the [`Core`] plus the loop's scratch arrays.
 pub struct ElasticThread<Q: QueuePair> {
     queue: Q,
@@ -420,11 +527,27 @@ pub struct ElasticThread<Q: QueuePair> {
     publishes: u64,
     counters: Arc<CoreCounters>,
     page: Option<CoreWriter>,
+    outgoing: Vec<Outgoing>,
+    held: Vec<Held>,
+    migration: MigrationStats,
 }
 
 impl<Q: QueuePair> ElasticThread<Q> {
-    /// Builds the thread's state around an opened queue pair.
+    /// Builds the thread's state around an opened queue pair, as the only
+    /// core of its dataplane (flow-group owners from `cfg.rss`).
     pub fn new(cfg: CoreConfig, queue: Q, counters: Arc<CoreCounters>) -> Self {
+        let shared = Shared::new(&cfg.rss, cfg.queue + 1);
+        Self::with_shared(cfg, queue, counters, shared)
+    }
+
+    /// Builds the thread's state around an opened queue pair, as core
+    /// `cfg.queue` of a dataplane whose cores share `shared`.
+    pub fn with_shared(
+        cfg: CoreConfig,
+        queue: Q,
+        counters: Arc<CoreCounters>,
+        shared: Arc<Shared>,
+    ) -> Self {
         let now = Instant::now();
         let pool = queue.pool().clone();
         let batch = cfg.batch.max(1);
@@ -440,6 +563,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
             tx: Vec::with_capacity(4 * batch + 64),
             next_port: 32768 + cfg.queue * 7,
             stop: false,
+            shared,
             now,
             pool,
             cfg,
@@ -455,8 +579,16 @@ impl<Q: QueuePair> ElasticThread<Q> {
             publishes: 0,
             counters,
             page: None,
+            outgoing: Vec::new(),
+            held: Vec::new(),
+            migration: MigrationStats::default(),
             core,
         }
+    }
+
+    /// Flow-group migration counters.
+    pub fn migration_stats(&self) -> MigrationStats {
+        self.migration
     }
 
     /// Publishes to `writer` too: this core's record of the stats page the
@@ -493,6 +625,12 @@ impl<Q: QueuePair> ElasticThread<Q> {
         // 2. buffers the application released since the last turn
         core.apply_releases();
 
+        // mail from the controller and the other cores: flow-group moves
+        if !self.outgoing.is_empty() || core.shared.has_mail(core.cfg.queue) {
+            self.serve_mail(handler, now);
+        }
+        let core = &mut self.core;
+
         // 3. timers
         core.tcp.poll(
             now,
@@ -508,18 +646,29 @@ impl<Q: QueuePair> ElasticThread<Q> {
         let n = self.queue.rx_burst(&mut self.rx, core.cfg.batch);
 
         // 5. protocol processing
+        let me = core.cfg.queue;
         for frame in self.rx.drain(..) {
             if let Some(Delivered::Tcp { src, dst, segment }) =
                 core.iface.receive(now, frame, &core.pool, &mut core.tx)
             {
-                core.tcp.input(
+                let owners = &core.shared.owners;
+                let away = core.tcp.input_steered(
                     now,
                     src,
                     dst,
                     segment,
                     &mut core.iface.sender(now, &core.pool, &mut core.tx),
                     &mut self.tcp_events,
+                    &mut |t| owners.is_owned_by(t, me),
                 );
+                if let Some(segment) = away {
+                    steer_away(core, &mut self.held, &mut self.migration, src, dst, segment);
+                }
+            }
+        }
+        if n < core.cfg.batch {
+            for o in &mut self.outgoing {
+                o.drained = true;
             }
         }
         convert_events(&mut self.tcp_events, &mut self.events, &core.released);
@@ -563,6 +712,181 @@ impl<Q: QueuePair> ElasticThread<Q> {
             self.publish_at(now);
         }
         busy
+    }
+
+    /// Reads the mailbox (see [`crate::migrate`]), then settles the
+    /// hand-overs that are due.
+    fn serve_mail<H: Handler>(&mut self, handler: &mut H, now: Instant) {
+        let me = self.core.cfg.queue;
+        while let Some(msg) = self.core.shared.take_mail(me) {
+            match msg {
+                Message::MigrateOut { groups, to, done } => {
+                    self.hand_over(handler, now, groups, to, done);
+                }
+                Message::Arrive { from, conns } => self.take_over(handler, now, from, conns),
+                Message::Forward { src, dst, segment } => {
+                    self.run_forwarded(now, src, dst, &segment);
+                }
+                Message::Settled { groups } => self.settle(now, &groups),
+                Message::Retire => self.core.stop = true,
+            }
+        }
+        let mut i = 0;
+        while i < self.outgoing.len() {
+            let o = &self.outgoing[i];
+            if o.drained && now >= o.settle_at {
+                let o = self.outgoing.swap_remove(i);
+                self.core
+                    .shared
+                    .post(o.to, Message::Settled { groups: o.groups });
+                // The controller may have stopped waiting; nothing to do.
+                let _ = o.done.send(o.report);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Exports every connection of `groups` (with the application's state
+    /// for it) to core `to`.
+    fn hand_over<H: Handler>(
+        &mut self,
+        handler: &mut H,
+        now: Instant,
+        groups: Vec<u16>,
+        to: u16,
+        done: std::sync::mpsc::Sender<HandOver>,
+    ) {
+        let core = &mut self.core;
+        let me = core.cfg.queue;
+        let mut moving = vec![false; core.shared.owners.groups()];
+        for &g in &groups {
+            if let Some(m) = moving.get_mut(usize::from(g)) {
+                *m = true;
+            }
+        }
+        let mut list = Vec::new();
+        core.tcp.connections(&mut list);
+        list.retain(|(_, t)| moving[core.shared.owners.group_of(t)]);
+        let states: Vec<_> = list
+            .iter()
+            .map(|&(conn, _)| handler.migrate_out(core, conn))
+            .collect();
+        // What the application let go of in `migrate_out` is consumed.
+        core.apply_releases();
+        let mut conns = Vec::with_capacity(list.len());
+        for ((conn, tuple), app) in list.into_iter().zip(states) {
+            match core.tcp.export(now, conn) {
+                Ok(moved) => conns.push(Arrival { conn: moved, app }),
+                Err(e) => log::warn!("core {me}: cannot hand {tuple:?} over to core {to}: {e}"),
+            }
+        }
+        self.migration.exported += conns.len() as u64;
+        let report = HandOver {
+            from: me,
+            to,
+            groups: groups.len(),
+            conns: conns.len(),
+        };
+        core.shared.post(to, Message::Arrive { from: me, conns });
+        self.outgoing.push(Outgoing {
+            groups,
+            to,
+            settle_at: now + SETTLE_AFTER,
+            drained: false,
+            report,
+            done,
+        });
+    }
+
+    /// Imports connections handed over by core `from`.
+    fn take_over<H: Handler>(
+        &mut self,
+        handler: &mut H,
+        now: Instant,
+        from: u16,
+        conns: Vec<Arrival>,
+    ) {
+        let me = self.core.cfg.queue;
+        for Arrival { conn, app } in conns {
+            match self.core.tcp.import(now, conn, &self.core.pool) {
+                Ok(id) => {
+                    self.migration.imported += 1;
+                    handler.migrate_in(&mut self.core, id, app);
+                }
+                Err((e, conn)) => {
+                    self.migration.import_failed += 1;
+                    log::error!(
+                        "core {me}: connection {:?} from core {from} lost: {e}",
+                        conn.tuple()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs a segment another core forwarded (a group moving here counts
+    /// as this core's: the segment is older than any held one).
+    fn run_forwarded(&mut self, now: Instant, src: Ipv4Addr, dst: Ipv4Addr, bytes: &[u8]) {
+        self.migration.forwards_received += 1;
+        let core = &mut self.core;
+        let Some(mut segment) = core.pool.alloc() else {
+            self.migration.held_dropped += 1;
+            return;
+        };
+        if bytes.len() > segment.tailroom() {
+            self.migration.held_dropped += 1;
+            return;
+        }
+        segment.extend_from_slice(bytes);
+        let me = core.cfg.queue;
+        let owners = &core.shared.owners;
+        let away = core.tcp.input_steered(
+            now,
+            src,
+            dst,
+            segment,
+            &mut core.iface.sender(now, &core.pool, &mut core.tx),
+            &mut self.tcp_events,
+            &mut |t| owners.owner(owners.group_of(t)).core() == me,
+        );
+        if let Some(segment) = away {
+            steer_away(core, &mut self.held, &mut self.migration, src, dst, segment);
+        }
+    }
+
+    /// Takes `groups` over for good and replays what was held for them.
+    fn settle(&mut self, now: Instant, groups: &[u16]) {
+        let core = &mut self.core;
+        let me = core.cfg.queue;
+        core.shared.settle(groups, me);
+        let held = std::mem::take(&mut self.held);
+        for h in held {
+            if !groups.contains(&h.group) {
+                self.held.push(h);
+                continue;
+            }
+            let owners = &core.shared.owners;
+            let away = core.tcp.input_steered(
+                now,
+                h.src,
+                h.dst,
+                h.segment,
+                &mut core.iface.sender(now, &core.pool, &mut core.tx),
+                &mut self.tcp_events,
+                &mut |t| owners.is_owned_by(t, me),
+            );
+            if let Some(segment) = away {
+                steer_away(
+                    core,
+                    &mut self.held,
+                    &mut self.migration,
+                    h.src,
+                    h.dst,
+                    segment,
+                );
+            }
+        }
     }
 
     fn flush_tx(&mut self) -> usize {

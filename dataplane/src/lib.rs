@@ -7,6 +7,7 @@
 pub mod buf;
 pub mod elastic;
 pub mod mem;
+pub mod migrate;
 pub mod net;
 pub mod nic;
 pub mod rss;

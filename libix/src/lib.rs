@@ -72,6 +72,7 @@
 //! }
 //! ```
 
+use std::any::Any;
 use std::net::SocketAddrV4;
 use std::ops::Deref;
 use std::time::Duration;
@@ -82,6 +83,7 @@ pub use dataplane::tcp::{ConnectError, DeadReason as Dead, FourTuple};
 pub use dataplane::time::Instant;
 pub use dataplane::txbuf::TxBuf;
 
+mod cores;
 mod runtime;
 pub use runtime::{Config, CoreReport, Dataplane, IxError, NicConfig, Registered, RunReport};
 
@@ -262,6 +264,24 @@ pub trait App {
     fn poll(&mut self, cx: &mut Cx) {
         let _ = cx;
     }
+
+    /// `conn` is about to move to another core of the dataplane (its flow
+    /// group migrates while the dataplane grows or shrinks): return what
+    /// the application keeps for it, to be handed to
+    /// [`App::migrate_in`] on the other core's instance. The state must be
+    /// `Send`: copy out the bytes of any [`RxBuf`] or [`TxBuf`] it holds
+    /// ([`RxBuf`]s still held count as consumed once the connection
+    /// moved). The default keeps nothing.
+    fn migrate_out(&mut self, cx: &mut Cx, conn: Conn) -> Option<Box<dyn Any + Send>> {
+        let _ = (cx, conn);
+        None
+    }
+
+    /// A connection arrived from another core, under its handle on this
+    /// core, with what [`App::migrate_out`] returned for it there.
+    fn migrate_in(&mut self, cx: &mut Cx, conn: Conn, state: Option<Box<dyn Any + Send>>) {
+        let _ = (cx, conn, state);
+    }
 }
 
 /// Adapts an [`App`] to the elastic thread's event array.
@@ -270,6 +290,14 @@ pub(crate) struct Dispatch<A>(pub(crate) A);
 impl<A: App> Handler for Dispatch<A> {
     fn start(&mut self, core: &mut Core) {
         self.0.start(&mut Cx { core });
+    }
+
+    fn migrate_out(&mut self, core: &mut Core, conn: ConnId) -> Option<Box<dyn Any + Send>> {
+        self.0.migrate_out(&mut Cx { core }, Conn(conn))
+    }
+
+    fn migrate_in(&mut self, core: &mut Core, conn: ConnId, state: Option<Box<dyn Any + Send>>) {
+        self.0.migrate_in(&mut Cx { core }, Conn(conn), state);
     }
 
     #[inline]

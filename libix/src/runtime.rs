@@ -43,10 +43,11 @@ use std::time::Duration;
 
 use control_plane::client::{default_socket_path, Client, ClientError};
 use control_plane::config::{PortKind, DATAPLANE_ENV};
-use control_plane::proto::{ErrorCode, Registration};
+use control_plane::proto::{ErrorCode, PoolFd, Registration};
 use dataplane::buf::{Pool, BUF_SIZE};
-use dataplane::elastic::{CoreConfig, CoreCounters, ElasticThread, DEFAULT_BATCH};
+use dataplane::elastic::{CoreConfig, CoreCounters, ElasticThread, MigrationStats, DEFAULT_BATCH};
 use dataplane::mem::SharedMem;
+use dataplane::migrate::Shared;
 use dataplane::net::iface::IfaceConfig;
 use dataplane::nic::af_packet::{AfPacketConfig, AfPacketPort, AfPacketQueue};
 #[cfg(feature = "dpdk")]
@@ -59,6 +60,7 @@ use dataplane::stats::{CoreWriter, StatsPage};
 use dataplane::tcp::{TcpConfig, TcpStats};
 use dataplane::wire::ethernet::EthernetAddress;
 
+use crate::cores::Cores;
 use crate::{App, Dispatch};
 
 /// Errors starting or running a dataplane.
@@ -149,6 +151,9 @@ pub enum IxError {
         /// ixcpd's answer.
         reason: String,
     },
+    /// Adding or removing cores failed (see [`Dataplane::resize`]).
+    #[error("cannot resize the dataplane: {0}")]
+    Resize(String),
 }
 
 /// Which NIC the dataplane drives.
@@ -190,6 +195,14 @@ pub struct Config {
     /// CPUs to pin elastic threads to, one thread per entry; `None` entries
     /// run unpinned.
     pub cores: Vec<Option<usize>>,
+    /// Queues the port is opened with, so many cores at most
+    /// ([`Dataplane::resize`]); default the number of `cores`. Both ends of
+    /// a memif wire between two dataplanes must agree on it.
+    pub max_cores: Option<usize>,
+    /// The first redirection table: flow group → core, one entry per flow
+    /// group; default round-robin over the cores
+    /// ([`dataplane::rss::DEFAULT_FLOW_GROUPS`] groups).
+    pub reta: Option<Vec<u16>>,
     /// Upper bound of the adaptive RX batch.
     pub batch: usize,
     /// TCP parameters (per core).
@@ -261,6 +274,8 @@ impl Config {
             // Locally administered unicast, derived from the address.
             mac: EthernetAddress([0x02, 0x49, o[0], o[1], o[2], o[3]]),
             cores: vec![None],
+            max_cores: None,
+            reta: None,
             batch: DEFAULT_BATCH,
             tcp: TcpConfig {
                 // A dataplane's peers are a datacenter hop away (RTTs of
@@ -294,19 +309,52 @@ impl Config {
         if self.pool_buffers < 64 {
             return Err(IxError::Config("pool_buffers must be at least 64"));
         }
-        if matches!(self.nic, NicConfig::AfPacket { .. }) && self.cores.len() != 1 {
+        if matches!(self.nic, NicConfig::AfPacket { .. })
+            && (self.cores.len() != 1 || self.max_cores.unwrap_or(1) != 1)
+        {
             return Err(IxError::Config(
                 "af_packet ports have one queue: use exactly one core",
             ));
         }
+        if self
+            .max_cores
+            .is_some_and(|m| m < self.cores.len() || m > 64)
+        {
+            return Err(IxError::Config(
+                "max_cores must be at least the number of cores, and at most 64",
+            ));
+        }
+        if let Some(reta) = &self.reta {
+            if reta.is_empty() || reta.iter().any(|&q| usize::from(q) >= self.cores.len()) {
+                return Err(IxError::Config(
+                    "every redirection table entry must name one of the cores",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Queues the port is opened with.
+    fn queues(&self) -> u16 {
+        self.max_cores.unwrap_or(self.cores.len()) as u16
+    }
+
+    /// The first redirection table, with the default key.
+    fn rss(&self) -> RssConfig {
+        match &self.reta {
+            Some(reta) => RssConfig {
+                reta: reta.clone(),
+                ..RssConfig::round_robin(1, 1)
+            },
+            None => RssConfig::round_robin(self.cores.len() as u16, DEFAULT_FLOW_GROUPS),
+        }
     }
 }
 
 /// A buffer pool ixcpd handed over: its mapped memory and slot count.
 /// `Pool` itself is `!Send`, so each elastic thread builds its pool from
 /// this on its own thread.
-struct PoolMem {
+pub(crate) struct PoolMem {
     mem: SharedMem,
     buffers: u32,
 }
@@ -401,9 +449,9 @@ fn from_registration(
         return Err(IxError::Mismatch("one buffer pool per core expected"));
     }
     let queues = u16::try_from(cores).map_err(|_| IxError::Mismatch("too many cores"))?;
-    if reg.allocation.reta != RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS).reta {
+    if reg.allocation.reta.is_empty() || reg.allocation.reta.iter().any(|&q| q >= queues) {
         return Err(IxError::Mismatch(
-            "the redirection table is not the round-robin one libix steers by",
+            "the redirection table names queues the dataplane has no core for",
         ));
     }
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
@@ -412,29 +460,13 @@ fn from_registration(
         if usize::from(p.queue) != i {
             return Err(IxError::Mismatch("pools are not listed in queue order"));
         }
-        let needed = u64::from(p.buffers) * BUF_SIZE as u64;
-        if p.buffers == 0 || p.buffers == u32::MAX || p.bytes < needed {
-            return Err(IxError::PoolTooSmall {
-                queue: p.queue,
-                bytes: p.bytes,
-                buffers: p.buffers,
-            });
-        }
         let fd = fds
             .get_mut(p.fd as usize)
             .and_then(Option::take)
             .ok_or(IxError::Mismatch(
                 "a pool names a missing or reused descriptor",
             ))?;
-        let len = usize::try_from(p.bytes).map_err(|_| IxError::Mismatch("pool too large"))?;
-        let mem = SharedMem::from_fd(fd, len, true).map_err(|source| IxError::PoolMap {
-            queue: p.queue,
-            source,
-        })?;
-        pools.push(PoolMem {
-            mem,
-            buffers: p.buffers,
-        });
+        pools.push(map_pool(p, fd)?);
     }
     let stats = match &reg.stats {
         None => {
@@ -448,7 +480,7 @@ fn from_registration(
                 .ok_or(IxError::Mismatch(
                     "the stats page names a missing or reused descriptor",
                 ))?;
-            match StatsPage::open(fd, cores, true) {
+            match StatsPage::open(fd, cores.max(s.cores as usize), true) {
                 Ok(page) => Some(page),
                 Err(err) => {
                     log::warn!("{name}: cannot use ixcpd's stats page ({err}); the cores will not publish to it");
@@ -500,9 +532,33 @@ fn from_registration(
         .iter()
         .map(|&c| Some(c as usize))
         .collect();
+    config.max_cores = Some(usize::from(port.kind.queues()).max(cores));
+    config.reta = Some(reg.allocation.reta.clone());
     config.pool_buffers = reg.allocation.buffers_per_core;
     config.hugepages = reg.allocation.huge;
     Ok((config, pools, stats))
+}
+
+/// Maps a buffer pool ixcpd sent, after checking it holds the buffers it
+/// lists.
+fn map_pool(p: &PoolFd, fd: OwnedFd) -> Result<PoolMem, IxError> {
+    let needed = u64::from(p.buffers) * BUF_SIZE as u64;
+    if p.buffers == 0 || p.buffers == u32::MAX || p.bytes < needed {
+        return Err(IxError::PoolTooSmall {
+            queue: p.queue,
+            bytes: p.bytes,
+            buffers: p.buffers,
+        });
+    }
+    let len = usize::try_from(p.bytes).map_err(|_| IxError::Mismatch("pool too large"))?;
+    let mem = SharedMem::from_fd(fd, len, true).map_err(|source| IxError::PoolMap {
+        queue: p.queue,
+        source,
+    })?;
+    Ok(PoolMem {
+        mem,
+        buffers: p.buffers,
+    })
 }
 
 /// The EAL and port of an ixcpd `dpdk` port: the EAL's lcore is the
@@ -591,6 +647,27 @@ enum Port {
     Dpdk(DpdkPort),
 }
 
+impl Port {
+    /// Rewrites the redirection table the port steers by (flow group →
+    /// queue).
+    fn set_table(&self, table: &[u16]) -> Result<(), IxError> {
+        match self {
+            Port::Memif(p) => p.set_rx_table(table).map_err(|source| IxError::Memif {
+                path: p.config().socket_path.clone(),
+                source,
+            }),
+            Port::AfPacket(ifname) => Err(IxError::Resize(format!(
+                "af_packet port {ifname} has one queue: its flow groups cannot move"
+            ))),
+            #[cfg(feature = "dpdk")]
+            Port::Dpdk(p) => {
+                let moves: Vec<(usize, u16)> = table.iter().copied().enumerate().collect();
+                Ok(p.update_flow_groups(&moves)?)
+            }
+        }
+    }
+}
+
 /// What one core did, reported when the dataplane stops.
 #[derive(Debug, Clone)]
 pub struct CoreReport {
@@ -608,6 +685,9 @@ pub struct CoreReport {
     pub queue: QueueStats,
     /// TCP counters.
     pub tcp: TcpStats,
+    /// Flow-group migration counters (connections handed over and taken
+    /// over, segments forwarded and held).
+    pub migration: MigrationStats,
 }
 
 /// What the dataplane did, per core.
@@ -777,8 +857,7 @@ impl Supervisor {
 /// A running dataplane.
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<Result<CoreReport, IxError>>>,
-    counters: Vec<Arc<CoreCounters>>,
+    cores: Arc<Cores>,
     /// The connection to ixcpd, open while the cores run (registered
     /// dataplanes only).
     lifeline: Option<Lifeline>,
@@ -817,30 +896,31 @@ impl Dataplane {
             Some(page) => Some(page.fd().try_clone_to_owned().map_err(IxError::Lifeline)?),
             None => None,
         };
-        let lifeline = Lifeline::start(
+        let mut dp = Self::start_with(
+            reg.config,
+            pools,
+            reg.stats.map(Arc::new),
+            stop.clone(),
+            None,
+            factory,
+        )?;
+        dp.lifeline = Some(Lifeline::start(
             reg.lifeline,
             Supervisor {
                 socket: reg.socket,
                 name: reg.name,
                 stats: stats_fd,
-                stop: stop.clone(),
+                stop,
                 disowned: Arc::default(),
             },
-        )?;
-        Self::start_with(
-            reg.config,
-            pools,
-            reg.stats.as_ref(),
-            stop,
-            Some(lifeline),
-            factory,
-        )
+        )?);
+        Ok(dp)
     }
 
     fn start_with<A, F>(
         cfg: Config,
         pools: Vec<Option<PoolMem>>,
-        page: Option<&StatsPage>,
+        page: Option<Arc<StatsPage>>,
         stop: Arc<AtomicBool>,
         lifeline: Option<Lifeline>,
         factory: F,
@@ -850,18 +930,19 @@ impl Dataplane {
         F: Fn(u16) -> A + Send + Sync + 'static,
     {
         cfg.validate()?;
-        let queues = cfg.cores.len() as u16;
-        let rss = RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS);
+        let queues = cfg.queues();
+        let rss = cfg.rss();
         let port = match &cfg.nic {
             NicConfig::Memif(m) => {
                 let mut m = m.clone();
                 m.queues = queues;
                 if queues > 1 && m.steering == Steering::None {
-                    // Both ends are libix dataplanes with the same core
-                    // count: each publishes its own (round-robin) receive
-                    // table in the wire's shared memory and steers each
-                    // frame by the peer's, as a NIC would.
-                    m.steering = Steering::Rss(RssConfig::round_robin(queues, DEFAULT_FLOW_GROUPS));
+                    // Both ends are libix dataplanes: steer each frame to
+                    // the queue the receiver's redirection table picks, as
+                    // a NIC would; each end publishes its own table in the
+                    // wire's shared memory, and rewrites it when flow
+                    // groups move.
+                    m.steering = Steering::Rss(rss.clone());
                 }
                 let port = MemifPort::open(m.clone()).map_err(|source| IxError::Memif {
                     path: m.socket_path.clone(),
@@ -873,8 +954,8 @@ impl Dataplane {
             #[cfg(feature = "dpdk")]
             NicConfig::Dpdk { eal, port } => {
                 let eal = dataplane::nic::dpdk::Eal::init(eal)?;
-                // One queue pair per core, hashed (where the device can)
-                // with the table the cores use to pick local ports.
+                // One queue pair per possible core, hashed (where the
+                // device can) with the table the cores steer by.
                 let port = PortConfig {
                     queues,
                     rss: Some(rss.clone()),
@@ -885,65 +966,83 @@ impl Dataplane {
             }
         };
         let port = Arc::new(port);
-        let factory = Arc::new(factory);
+        let shared = Shared::new(&rss, queues);
+        let counters: Vec<Arc<CoreCounters>> = (0..queues).map(|_| Arc::default()).collect();
         let (opened_tx, opened_rx) = mpsc::channel();
-        let mut threads = Vec::new();
-        let mut counters = Vec::new();
-        for ((q, cpu), pool_mem) in cfg.cores.iter().copied().enumerate().zip(pools) {
-            let q = q as u16;
-            let core_cfg = CoreConfig {
-                queue: q,
-                rss: rss.clone(),
-                iface: IfaceConfig {
-                    mac: cfg.mac,
-                    ip: cfg.ip,
-                    prefix_len: cfg.prefix_len,
-                    gateway: cfg.gateway,
-                    mtu: 1500,
-                },
-                tcp: cfg.tcp.clone(),
-                batch: cfg.batch,
-                app_timers: 4096,
-            };
-            let ctr = Arc::new(CoreCounters::default());
-            counters.push(ctr.clone());
-            let writer = page.and_then(|p| p.writer(usize::from(q)).ok());
-            let (port, factory, stop) = (port.clone(), factory.clone(), stop.clone());
-            let opened = opened_tx.clone();
-            let cfg = cfg.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("ix-core-{q}"))
-                .spawn(move || {
-                    if let Some(cpu) = cpu {
-                        pin_to_cpu(cpu);
-                    }
-                    let publish = Publish {
-                        counters: ctr,
-                        page: writer,
-                    };
-                    run_core(
-                        &cfg,
-                        core_cfg,
-                        &port,
-                        pool_mem,
-                        publish,
-                        Signals {
-                            stop: &stop,
-                            opened,
-                        },
-                        factory(q),
-                    )
-                })
-                .map_err(IxError::Spawn)?;
-            threads.push(handle);
-        }
-        drop(opened_tx);
+        // Cores started with the dataplane say when their queue is open;
+        // cores added later do not (nobody waits for them).
+        let opened = Arc::new(Mutex::new(Some(opened_tx)));
+        let spawn = {
+            let (cfg, port, shared, counters) =
+                (cfg.clone(), port.clone(), shared.clone(), counters.clone());
+            let (factory, stop, opened) = (Arc::new(factory), stop.clone(), opened.clone());
+            move |q: u16, cpu: Option<usize>, pool_mem: Option<PoolMem>, exited: Arc<AtomicBool>| {
+                let core_cfg = CoreConfig {
+                    queue: q,
+                    rss: rss.clone(),
+                    iface: IfaceConfig {
+                        mac: cfg.mac,
+                        ip: cfg.ip,
+                        prefix_len: cfg.prefix_len,
+                        gateway: cfg.gateway,
+                        mtu: 1500,
+                    },
+                    tcp: cfg.tcp.clone(),
+                    batch: cfg.batch,
+                    app_timers: 4096,
+                };
+                let publish = Publish {
+                    counters: counters[usize::from(q)].clone(),
+                    page: page.as_ref().and_then(|p| p.writer(usize::from(q)).ok()),
+                };
+                let opened = opened.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let (cfg, port, shared) = (cfg.clone(), port.clone(), shared.clone());
+                let (factory, stop) = (factory.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name(format!("ix-core-{q}"))
+                    .spawn(move || {
+                        if let Some(cpu) = cpu {
+                            pin_to_cpu(cpu);
+                        }
+                        let r = run_core(
+                            &cfg,
+                            core_cfg,
+                            &port,
+                            pool_mem,
+                            publish,
+                            Signals {
+                                stop: &stop,
+                                opened,
+                                shared,
+                            },
+                            factory(q),
+                        );
+                        exited.store(true, Ordering::Release);
+                        r
+                    })
+                    .map_err(IxError::Spawn)
+            }
+        };
+        let set_table = {
+            let port = port.clone();
+            move |table: &[u16]| port.set_table(table)
+        };
+        let cores = Cores::start(
+            Box::new(spawn),
+            Box::new(set_table),
+            shared,
+            counters,
+            stop.clone(),
+            &cfg.cores,
+            pools,
+        )?;
+        drop(opened.lock().unwrap_or_else(|e| e.into_inner()).take());
         if matches!(cfg.nic, NicConfig::AfPacket { .. }) {
             // An af_packet queue opens at once (no peer to wait for): return
             // only when every core can answer, so a program that says it is
             // serving is. A core that fails stops waiting here (its sender
             // is dropped) and reports at `join`.
-            for _ in 0..queues {
+            for _ in 0..cfg.cores.len() {
                 if opened_rx.recv_timeout(cfg.link_timeout).is_err() {
                     break;
                 }
@@ -951,15 +1050,38 @@ impl Dataplane {
         }
         Ok(Dataplane {
             stop,
-            threads,
-            counters,
+            cores: Arc::new(cores),
             lifeline,
         })
     }
 
-    /// Live counters of each core.
+    /// Live counters of each core the port could have: the first
+    /// [`Dataplane::cores`] serve now, the others are idle (never started,
+    /// or removed — their last counts stay).
     pub fn counters(&self) -> &[Arc<CoreCounters>] {
-        &self.counters
+        self.cores.counters()
+    }
+
+    /// Cores serving now.
+    pub fn cores(&self) -> usize {
+        self.cores.active()
+    }
+
+    /// The redirection table: each flow group's core.
+    pub fn flow_groups(&self) -> Vec<u16> {
+        self.cores.table()
+    }
+
+    /// Grows or shrinks the running dataplane to `cpus.len()` cores (up to
+    /// [`Config::max_cores`]), the added ones pinned to their CPUs (`None`:
+    /// unpinned), moving flow groups — and their connections — between
+    /// cores while traffic flows, so that the groups end up balanced with
+    /// the fewest moves. Returns once the moves settled and removed cores'
+    /// threads ended. Connections and bytes in flight are kept (see
+    /// `dataplane::migrate`); applications keep per-connection state
+    /// across the move with [`App::migrate_out`] / [`App::migrate_in`].
+    pub fn resize(&self, cpus: &[Option<usize>]) -> Result<usize, IxError> {
+        self.cores.resize(cpus, Vec::new(), None)
     }
 
     /// Asks every core to stop after its current turn.
@@ -991,17 +1113,15 @@ impl Dataplane {
         let lifeline = self.lifeline.take();
         let mut report = RunReport::default();
         let mut first_err = None;
-        for (q, t) in self.threads.into_iter().enumerate() {
-            match t.join() {
-                Ok(Ok(r)) => report.cores.push(r),
-                Ok(Err(e)) => {
+        for r in self.cores.join_all() {
+            match r {
+                Ok(r) => report.cores.push(r),
+                Err(e) => {
                     first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err.get_or_insert(IxError::Panicked(q as u16));
                 }
             }
         }
+        report.cores.sort_by_key(|c| c.core);
         // Every core has stopped: now ixcpd may take the resources back.
         let disowned = lifeline.as_ref().and_then(Lifeline::disowned);
         drop(lifeline);
@@ -1084,7 +1204,8 @@ struct Publish {
 /// watches, and the channel on which it says its queue is open.
 struct Signals<'a> {
     stop: &'a AtomicBool,
-    opened: mpsc::Sender<()>,
+    opened: Option<mpsc::Sender<()>>,
+    shared: Arc<Shared>,
 }
 
 fn run_core<A: App>(
@@ -1096,7 +1217,11 @@ fn run_core<A: App>(
     signals: Signals<'_>,
     app: A,
 ) -> Result<CoreReport, IxError> {
-    let Signals { stop, opened } = signals;
+    let Signals {
+        stop,
+        opened,
+        shared,
+    } = signals;
     let Publish { counters, page } = publish;
     let q = core_cfg.queue;
     let pool = match pool_mem {
@@ -1105,9 +1230,11 @@ fn run_core<A: App>(
             .map_err(|source| IxError::Pool { core: q, source })?,
     };
     let queue = open_queue(cfg, port, q, pool, stop)?;
-    // The receiver may have stopped waiting; nothing to do then.
-    let _ = opened.send(());
-    let mut thread = ElasticThread::new(core_cfg, queue, counters.clone());
+    if let Some(opened) = opened {
+        // The receiver may have stopped waiting; nothing to do then.
+        let _ = opened.send(());
+    }
+    let mut thread = ElasticThread::with_shared(core_cfg, queue, counters.clone(), shared);
     if let Some(writer) = page {
         thread.attach_stats(writer);
     }
@@ -1126,6 +1253,7 @@ fn run_core<A: App>(
         idle_loops: last.idle_turns,
         queue: thread.queue_stats(),
         tcp: thread.core().tcp_stats(),
+        migration: thread.migration_stats(),
     })
 }
 
@@ -1275,9 +1403,23 @@ mod tests {
         let missing = from_registration("e", registration(2, 64, bytes), memfds(1, bytes));
         assert!(matches!(missing, Err(IxError::Mismatch(_))));
         let mut reta = registration(2, 64, bytes);
-        reta.allocation.reta[0] = 1;
-        let moved = from_registration("e", reta, memfds(2, bytes));
-        assert!(matches!(moved, Err(IxError::Mismatch(_))));
+        reta.allocation.reta[0] = 2;
+        let beyond = from_registration("e", reta, memfds(2, bytes));
+        assert!(matches!(beyond, Err(IxError::Mismatch(_))));
+    }
+
+    #[test]
+    fn a_registration_keeps_ixcpds_redirection_table_and_port_queues() {
+        let bytes = 64 * BUF_SIZE as u64;
+        let mut reg = registration(1, 64, bytes);
+        reg.allocation.reta[0] = 0;
+        let (cfg, _, _) = from_registration("e", reg.clone(), memfds(1, bytes)).unwrap();
+        assert_eq!(cfg.reta.as_ref(), Some(&reg.allocation.reta));
+        assert_eq!(
+            cfg.max_cores,
+            Some(usize::from(reg.port.kind.queues())),
+            "the port is opened with all its queues, so cores can be added"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! need no allocation and any corruption, loss, duplication or reordering
 //! of bytes shows up as a verification error.
 
+use std::any::Any;
 use std::net::SocketAddrV4;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,12 @@ pub fn pattern() -> Rc<[u8]> {
 struct ServerConn {
     backlog: Vec<TxBuf>,
     /// The peer closed its side: close ours once the backlog is sent.
+    closing: bool,
+}
+
+/// A server connection on its way to another core: its backlog, copied.
+struct MovedServerConn {
+    backlog: Vec<u8>,
     closing: bool,
 }
 
@@ -136,6 +143,33 @@ impl App for EchoServer {
 
     fn sent(&mut self, cx: &mut Cx, conn: Conn, _acked: usize) {
         self.push(cx, conn);
+    }
+
+    fn migrate_out(&mut self, _cx: &mut Cx, conn: Conn) -> Option<Box<dyn Any + Send>> {
+        let state = std::mem::take(self.slot(conn));
+        let backlog: Vec<u8> = state
+            .backlog
+            .iter()
+            .flat_map(|b| b.as_slice().iter().copied())
+            .collect();
+        Some(Box::new(MovedServerConn {
+            backlog,
+            closing: state.closing,
+        }))
+    }
+
+    fn migrate_in(&mut self, cx: &mut Cx, conn: Conn, state: Option<Box<dyn Any + Send>>) {
+        let moved = state.and_then(|s| s.downcast::<MovedServerConn>().ok());
+        let slot = self.slot(conn);
+        *slot = ServerConn::default();
+        if let Some(m) = moved {
+            if !m.backlog.is_empty() {
+                slot.backlog.push(TxBuf::from_vec(m.backlog));
+            }
+            slot.closing = m.closing;
+            self.push(cx, conn);
+            self.close_if_drained(cx, conn);
+        }
     }
 
     fn dead(&mut self, cx: &mut Cx, conn: Conn, why: Dead) {

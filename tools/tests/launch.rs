@@ -271,6 +271,8 @@ fn launch_to_first_echo_served_is_measured() {
     let registered_ms = echo["registered_ms"].as_u64().unwrap();
 
     let mut cfg = libix::Config::memif_slave(d.wire(), Ipv4Addr::new(10, 77, 0, 2));
+    // The wire's ports have two queues: both ends open them all.
+    cfg.max_cores = Some(2);
     cfg.pool_buffers = 1024;
     cfg.hugepages = false;
     let client = EchoClientConfig {

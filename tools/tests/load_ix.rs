@@ -147,6 +147,7 @@ fn ix_sessions_against_a_libix_memcached_hit_every_get() {
         transport: Transport::Ix {
             memif: sock.clone(),
             ip: CLIENT_IP,
+            queues: 1,
         },
         server: SocketAddrV4::new(SERVER_IP, PORT),
         server_pid: Some(std::process::id()),

@@ -215,6 +215,8 @@ fn alive(pid: u32) -> bool {
 /// `conns` connections for `secs` seconds. Its result.
 fn traffic(wire: &Path, conns: usize, secs: u64) -> EchoClientResult {
     let mut cfg = libix::Config::memif_slave(wire, Ipv4Addr::new(10, 77, 0, 2));
+    // The wire's ports have two queues: both ends open them all.
+    cfg.max_cores = Some(2);
     cfg.pool_buffers = 1024;
     cfg.hugepages = false;
     let client = EchoClientConfig {

@@ -285,7 +285,7 @@ impl Server {
                 let PortKind::Memif { socket: memif, .. } = &peer.kind else {
                     bail!("the built-in wire0-peer is not a memif port");
                 };
-                let (memif, client_ip) = (memif.clone(), peer.ip);
+                let (memif, client_ip, queues) = (memif.clone(), peer.ip, peer.kind.queues());
                 // The generator takes a CPU the dataplane did not get.
                 let cpu = (0..2usize)
                     .find(|c| !reply.dataplane.cpus.contains(&(*c as u32)))
@@ -296,6 +296,7 @@ impl Server {
                         transport: Transport::Ix {
                             memif,
                             ip: client_ip,
+                            queues,
                         },
                         server: SocketAddrV4::new(server_ip, KVS_PORT),
                         server_pid: Some(reply.pid),

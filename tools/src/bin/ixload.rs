@@ -42,6 +42,10 @@ struct Args {
     /// Our IPv4 address on the memif wire (transport ix).
     #[arg(long, required_if_eq("transport", "ix"))]
     ip: Option<Ipv4Addr>,
+    /// Queues of the memif wire (transport ix): the server's port's queue
+    /// count, which both ends must open.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: u16,
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:11211")]
     server: SocketAddrV4,
@@ -141,7 +145,11 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let transport = match (args.transport, args.memif, args.ip) {
-        (TransportArg::Ix, Some(memif), Some(ip)) => Transport::Ix { memif, ip },
+        (TransportArg::Ix, Some(memif), Some(ip)) => Transport::Ix {
+            memif,
+            ip,
+            queues: args.queues,
+        },
         (TransportArg::Ix, _, _) => bail!("--transport ix needs --memif and --ip"),
         (TransportArg::Linux, _, _) => Transport::Linux,
     };

@@ -10,9 +10,15 @@
 //! its next `RxBuf`s instead: the receive window closes and the client is
 //! slowed by TCP flow control, without the server buffering more.
 //!
+//! When the dataplane grows or shrinks, a connection whose flow group
+//! moves to another core takes its session along ([`App::migrate_out`]):
+//! the parser's state, its queued replies and the input not parsed yet,
+//! copied; the other core's instance carries on from there.
+//!
 //! Time: each handler reads `Cx::now()` (the loop turn's time), so a
 //! request costs no clock read.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -27,11 +33,43 @@ use super::Kvs;
 struct Connection {
     conn: Conn,
     session: Session,
+    /// Received bytes not parsed yet that came along when the connection
+    /// moved from another core (parsed before `held`), and how many of
+    /// them were used.
+    carried: Vec<u8>,
+    carried_off: usize,
     /// Received buffers not parsed yet (backpressure), with how much of
     /// the front one was used.
     held: VecDeque<RxBuf>,
     held_off: usize,
     /// The peer closed its side: close ours once the replies are out.
+    peer_closed: bool,
+}
+
+impl Connection {
+    fn new(conn: Conn, session: Session) -> Connection {
+        Connection {
+            conn,
+            session,
+            carried: Vec::new(),
+            carried_off: 0,
+            held: VecDeque::new(),
+            held_off: 0,
+            peer_closed: false,
+        }
+    }
+
+    /// Whether received bytes wait to be parsed.
+    fn has_input(&self) -> bool {
+        self.carried_off < self.carried.len() || !self.held.is_empty()
+    }
+}
+
+/// A connection on its way to another core: its session and unparsed
+/// input, copied (see [`App::migrate_out`]).
+struct MovedConnection {
+    session: super::session::MovedSession,
+    input: Vec<u8>,
     peer_closed: bool,
 }
 
@@ -123,8 +161,19 @@ fn flush(cx: &mut Cx, c: &mut Connection, kvs: &Kvs, worker: usize, now: RelTime
                 }
             }
         }
-        if c.session.is_blocked() || c.held.is_empty() {
+        if c.session.is_blocked() || !c.has_input() {
             break;
+        }
+        if c.carried_off < c.carried.len() {
+            let used = c
+                .session
+                .feed(&c.carried[c.carried_off..], kvs, worker, now);
+            c.carried_off += used;
+            if c.carried_off < c.carried.len() {
+                continue;
+            }
+            c.carried = Vec::new();
+            c.carried_off = 0;
         }
         while let Some(buf) = c.held.front() {
             let used = c.session.feed(&buf[c.held_off..], kvs, worker, now);
@@ -136,7 +185,7 @@ fn flush(cx: &mut Cx, c: &mut Connection, kvs: &Kvs, worker: usize, now: RelTime
             c.held_off = 0;
         }
     }
-    let finished = c.session.wants_close() || (c.peer_closed && c.held.is_empty());
+    let finished = c.session.wants_close() || (c.peer_closed && !c.has_input());
     if c.session.replies().is_empty() && finished {
         Flow::Done
     } else {
@@ -162,13 +211,10 @@ impl App for IxKvs {
             // A stale entry whose end we missed: the slot is reused.
             dec(&stats.curr_connections);
         }
-        self.conns[i] = Some(Connection {
+        self.conns[i] = Some(Connection::new(
             conn,
-            session: Session::new(self.kvs.store().item_max()),
-            held: VecDeque::new(),
-            held_off: 0,
-            peer_closed: false,
-        });
+            Session::new(self.kvs.store().item_max()),
+        ));
         inc(&stats.curr_connections);
         inc(&stats.total_connections);
         Knock::Accept
@@ -179,7 +225,7 @@ impl App for IxKvs {
         let Some(c) = lookup(&mut self.conns, conn) else {
             return;
         };
-        if !c.held.is_empty() || c.session.is_blocked() {
+        if c.has_input() || c.session.is_blocked() {
             c.held.push_back(data);
             return;
         }
@@ -193,6 +239,46 @@ impl App for IxKvs {
     }
 
     fn sent(&mut self, cx: &mut Cx, conn: Conn, _acked: usize) {
+        self.pump(cx, conn);
+    }
+
+    fn migrate_out(&mut self, _cx: &mut Cx, conn: Conn) -> Option<Box<dyn Any + Send>> {
+        let c = lookup(&mut self.conns, conn)?;
+        let mut input = c.carried.split_off(c.carried_off);
+        for (i, buf) in c.held.iter().enumerate() {
+            let from = if i == 0 { c.held_off } else { 0 };
+            input.extend_from_slice(&buf[from..]);
+        }
+        let c = self.conns[conn.index()].take()?;
+        dec(&self.kvs.worker(self.worker).curr_connections);
+        // The held receive buffers are dropped here: their bytes travel
+        // in `input`.
+        Some(Box::new(MovedConnection {
+            session: c.session.into_moved(),
+            input,
+            peer_closed: c.peer_closed,
+        }))
+    }
+
+    fn migrate_in(&mut self, cx: &mut Cx, conn: Conn, state: Option<Box<dyn Any + Send>>) {
+        let Some(moved) = state.and_then(|s| s.downcast::<MovedConnection>().ok()) else {
+            log::warn!("kvs: {conn:?} arrived from another core without its session; resetting it");
+            let _ = cx.abort(conn);
+            return;
+        };
+        let i = conn.index();
+        if i >= self.conns.len() {
+            self.conns.resize_with(i + 1, || None);
+        }
+        let stats = self.kvs.worker(self.worker);
+        if self.conns[i].is_some() {
+            dec(&stats.curr_connections);
+        }
+        let mut c = Connection::new(conn, Session::from_moved(moved.session));
+        c.carried = moved.input;
+        c.peer_closed = moved.peer_closed;
+        self.conns[i] = Some(c);
+        inc(&stats.curr_connections);
         self.pump(cx, conn);
     }
 

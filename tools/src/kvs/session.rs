@@ -52,6 +52,16 @@ struct Output {
     close: bool,
 }
 
+/// A session on its way to another core (the connection's flow group
+/// migrates): the parser's state as it is, the queued replies copied.
+#[derive(Debug)]
+pub struct MovedSession {
+    parser: Parser,
+    pending: Option<Pending>,
+    close: bool,
+    replies: Vec<u8>,
+}
+
 /// The protocol state of one connection.
 #[derive(Debug)]
 pub struct Session {
@@ -134,6 +144,40 @@ impl Session {
     /// peer that closes now has cut it short.
     pub fn mid_request(&self) -> bool {
         !self.parser.at_command_boundary()
+    }
+
+    /// The session in a form that may cross to another thread: replies
+    /// (slices of shared items, or memory of this core) are copied.
+    pub fn into_moved(self) -> MovedSession {
+        let mut replies = Vec::with_capacity(self.state.out_bytes);
+        for buf in &self.state.out {
+            replies.extend_from_slice(buf.as_slice());
+        }
+        MovedSession {
+            parser: self.parser,
+            pending: self.state.pending,
+            close: self.state.close,
+            replies,
+        }
+    }
+
+    /// The session a [`MovedSession`] was, on this core.
+    pub fn from_moved(moved: MovedSession) -> Session {
+        let out_bytes = moved.replies.len();
+        let out = if moved.replies.is_empty() {
+            Vec::new()
+        } else {
+            vec![TxBuf::from_vec(moved.replies)]
+        };
+        Session {
+            parser: moved.parser,
+            state: Output {
+                out,
+                out_bytes,
+                pending: moved.pending,
+                close: moved.close,
+            },
+        }
     }
 }
 
@@ -464,6 +508,28 @@ mod tests {
             let mut out = run(&mut s, &kvs, &script[..i]);
             out.extend(run(&mut s, &kvs, &script[i..]));
             assert_eq!(String::from_utf8(out).unwrap(), whole, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn a_session_moved_to_another_thread_mid_request_gives_the_same_replies() {
+        let script: &[u8] = b"set a 1 0 5\r\nhello\r\nget a\r\nincr n 1\r\nset n 0 0 1\r\n7\r\n\
+            incr n 1\r\ngets a\r\nappend a 0 0 1\r\n!\r\nget a n\r\ndelete a\r\n";
+        let whole = talk(script);
+        for i in 0..=script.len() {
+            let kvs = std::sync::Arc::new(kvs());
+            let mut s = Session::new(1 << 20);
+            // Replies of the first part stay queued and travel with it.
+            assert_eq!(s.feed(&script[..i], &kvs, 0, 10), i);
+            let moved = s.into_moved();
+            let (k, rest) = (kvs.clone(), script[i..].to_vec());
+            let out = std::thread::spawn(move || {
+                let mut s = Session::from_moved(moved);
+                run(&mut s, &k, &rest)
+            })
+            .join()
+            .unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), whole, "moved at {i}");
         }
     }
 

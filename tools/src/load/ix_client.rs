@@ -355,16 +355,19 @@ impl App for IxLoad {
 }
 
 /// Runs a session on a one-core libix dataplane over the memif wire at
-/// `memif` (as the slave), with `ip` as our address.
+/// `memif` (as the slave, opened with `queues` queues), with `ip` as our
+/// address.
 pub fn run(
     target: &Target,
     memif: &Path,
     ip: Ipv4Addr,
+    queues: u16,
     params: &LoadParams,
     planner: Box<dyn Planner>,
 ) -> Result<Vec<PointResult>, LoadError> {
     let mut cfg = Config::memif_slave(memif, ip);
     cfg.cores = vec![target.cpu];
+    cfg.max_cores = Some(usize::from(queues.max(1)));
     cfg.link_timeout = params.connect_timeout;
     cfg.tcp.max_conns = cfg.tcp.max_conns.max(2 * params.connections + 64);
     let sink: Sink = Arc::default();

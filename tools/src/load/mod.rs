@@ -150,6 +150,9 @@ pub enum Transport {
         memif: PathBuf,
         /// Our IPv4 address on the wire.
         ip: Ipv4Addr,
+        /// Queues of the wire: both ends must open it with the same
+        /// number (under ixcpd, the ports' queue count).
+        queues: u16,
     },
     /// Linux TCP sockets.
     Linux,
@@ -362,7 +365,9 @@ pub fn run_session(
 ) -> Result<Vec<PointResult>, LoadError> {
     params.validate()?;
     match &target.transport {
-        Transport::Ix { memif, ip } => ix_client::run(target, memif, *ip, params, planner),
+        Transport::Ix { memif, ip, queues } => {
+            ix_client::run(target, memif, *ip, *queues, params, planner)
+        }
         Transport::Linux => linux_client::run(target, params, planner),
     }
 }
