@@ -120,6 +120,7 @@ pub mod config;
 pub mod daemon;
 pub mod host;
 pub mod launch;
+pub mod policy;
 pub mod process;
 pub mod proto;
 pub mod resources;

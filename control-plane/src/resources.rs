@@ -690,6 +690,39 @@ impl Resources {
         Ok(next)
     }
 
+    /// Puts back `previous`, an allocation `name` held before it grew
+    /// (its CPUs a prefix of those held now, its redirection table the
+    /// one the dataplane still uses): returns the added cores, their
+    /// queues and memory, and restores the table exactly — a resize back
+    /// would rebalance it into another table.
+    pub fn restore(&mut self, previous: &Allocation) -> Result<Allocation, AllocError> {
+        let name = &previous.name;
+        let current = self
+            .allocations
+            .get(name)
+            .ok_or_else(|| AllocError::NotFound { name: name.clone() })?;
+        let n = previous.cpus.len();
+        let same_shape = current.port == previous.port
+            && current.pool_bytes == previous.pool_bytes
+            && current.buffers_per_core == previous.buffers_per_core
+            && n > 0
+            && n <= current.cpus.len()
+            && current.cpus[..n] == previous.cpus[..];
+        if !same_shape {
+            return Err(AllocError::Inconsistent {
+                what: format!(
+                    "{name}: cannot restore cpus {:?}: it holds {:?}",
+                    previous.cpus, current.cpus
+                ),
+            });
+        }
+        check_reta(&previous.reta, n).map_err(|what| AllocError::Inconsistent { what })?;
+        self.resize(name, n as u32)?;
+        let restored = self.allocations.get_mut(name).expect("resized above");
+        restored.reta.clone_from(&previous.reta);
+        Ok(restored.clone())
+    }
+
     /// Checks that the books balance: every core, port and byte is either
     /// free or held by exactly the allocation that lists it, and every
     /// redirection table is complete and balanced. Returns what is wrong.
@@ -768,6 +801,18 @@ impl Resources {
         }
         Ok(())
     }
+}
+
+/// What [`Resources::resize`] would make of `current` at `cores` cores,
+/// computed without touching the books: the allocation ixcpd proposes to
+/// a running dataplane before it shrinks (the books change only once the
+/// dataplane confirms). For `cores` below what is held it is exactly
+/// what `resize` returns from the same books.
+pub fn shrunk(current: &Allocation, cores: u32) -> Allocation {
+    let mut next = current.clone();
+    next.cpus.truncate(cores as usize);
+    rebalance(&mut next.reta, cores as u16);
+    next
 }
 
 /// Checks that `reta` has [`FLOW_GROUPS`] entries, all below `queues`, and

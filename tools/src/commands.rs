@@ -591,6 +591,7 @@ mod tests {
                 memory_bytes: 2 << 20,
                 since_unix_ms: 0,
                 lifeline: true,
+                policy: control_plane::config::Policy::None,
             },
             allocation: Allocation {
                 name: "echo".into(),
