@@ -468,18 +468,26 @@ impl Client {
     /// until it registered (up to the daemon's launch timeout, 5 s, plus
     /// this client's timeout).
     pub fn launch(&mut self, args: LaunchArgs) -> Result<LaunchReply, ClientError> {
+        let reply = self.call_waiting(Request::Launch(args), crate::daemon::LAUNCH_TIMEOUT);
+        expect_reply!(reply?, Launched, "launched")
+    }
+
+    /// [`Client::call`] for a request the daemon answers only after
+    /// waiting up to `extra` for something else: this client's timeout
+    /// is lengthened by `extra` for it.
+    fn call_waiting(&mut self, request: Request, extra: Duration) -> Result<Reply, ClientError> {
         let normal = self.timeout;
-        let longer = normal + crate::daemon::LAUNCH_TIMEOUT;
+        let longer = normal + extra;
         self.sock
             .set_timeout(Some(longer))
             .map_err(ClientError::Io)?;
         self.timeout = longer;
-        let reply = self.call(Request::Launch(args));
+        let reply = self.call(request);
         self.timeout = normal;
         self.sock
             .set_timeout(Some(normal))
             .map_err(ClientError::Io)?;
-        expect_reply!(reply?, Launched, "launched")
+        reply
     }
 
     /// `stop`: stops a dataplane and returns its resources.
@@ -494,10 +502,13 @@ impl Client {
         expect_reply!(self.call(Request::Stats { name })?, Stats, "stats")
     }
 
-    /// `cores`: changes a dataplane's core count.
+    /// `cores`: changes a dataplane's core count; for a running one,
+    /// once it has answered ixcpd's command (up to the daemon's command
+    /// timeout, 5 s, plus this client's timeout).
     pub fn cores(&mut self, name: &str, n: u32) -> Result<Allocation, ClientError> {
         let name = name.to_owned();
-        expect_reply!(self.call(Request::Cores { name, n })?, Resized, "resized")
+        let reply = self.call_waiting(Request::Cores { name, n }, crate::daemon::COMMAND_TIMEOUT);
+        expect_reply!(reply?, Resized, "resized")
     }
 
     /// `logs`: what ixcpd recorded about a dataplane, the latest `lines`.
