@@ -1191,6 +1191,40 @@ ip = "10.0.1.1/24"
     }
 
     #[test]
+    fn shrunk_previews_resize_and_restore_undoes_a_grow_exactly() {
+        let mut res = Resources::new(&config(&[0, 1, 2, 3], "128 MiB", 4));
+        let a = res
+            .allocate(&ask("a", 3, "wire0", MemoryAsk::Default))
+            .unwrap();
+        let preview = shrunk(&a, 2);
+        assert_eq!(res.get("a"), Some(&a), "a preview leaves the books alone");
+        assert_eq!(res.resize("a", 2).unwrap(), preview);
+        let before = res.get("a").unwrap().clone();
+        let used = res.free_memory();
+        let grown = res.resize("a", 4).unwrap();
+        assert_eq!(grown.cpus, vec![0, 1, 2, 3]);
+        // Resizing back would rebalance into another table; restore puts
+        // the old one back.
+        let restored = res.restore(&before).unwrap();
+        assert_eq!(restored, before);
+        assert_eq!(res.get("a"), Some(&before));
+        assert_eq!(res.free_cores(), vec![2, 3]);
+        assert_eq!(res.free_memory(), used);
+        res.check_invariants().unwrap();
+        // Only a prefix of what is held can be restored.
+        let mut other = before.clone();
+        other.cpus = vec![1, 3];
+        assert!(matches!(
+            res.restore(&other),
+            Err(AllocError::Inconsistent { .. })
+        ));
+        let mut bad_reta = before.clone();
+        bad_reta.reta[0] = 9;
+        assert!(res.restore(&bad_reta).is_err());
+        res.check_invariants().unwrap();
+    }
+
+    #[test]
     fn resize_refuses_what_does_not_fit() {
         let mut res = Resources::new(&config(&[0, 1, 2], "128 MiB", 2));
         res.allocate(&ask("a", 1, "wire0", MemoryAsk::Default))

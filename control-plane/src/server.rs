@@ -576,7 +576,8 @@ impl Server {
             ))
         } else {
             let bytes = &self.buf[..got.len];
-            if !proto::has_key(bytes, "cmd") && !(awaited && !proto::is_request(bytes)) {
+            let answer = proto::has_key(bytes, "cmd") || (awaited && !proto::is_request(bytes));
+            if !answer {
                 return false;
             }
             proto::decode_answer(bytes)
