@@ -599,6 +599,132 @@ mod tests {
         assert!(client.closed());
     }
 
+    fn resize_frame(cmd: u64, pools: Vec<PoolFd>) -> Vec<u8> {
+        proto::encode_command(&CommandFrame {
+            v: VERSION,
+            cmd,
+            command: Command::Resize {
+                allocation: Allocation {
+                    name: "echo".into(),
+                    port: "wire0".into(),
+                    cpus: vec![0, 1],
+                    buffers_per_core: 512,
+                    pool_bytes: 4096,
+                    page_size: 4096,
+                    huge: false,
+                    reta: (0..128).map(|g| g % 2).collect(),
+                },
+                pools,
+            },
+        })
+    }
+
+    fn pool(queue: u16, fd: u32) -> PoolFd {
+        PoolFd {
+            queue,
+            fd,
+            bytes: 4096,
+            buffers: 1,
+            huge: false,
+        }
+    }
+
+    /// A connected client and the daemon's end.
+    fn pair(dir: &Path) -> (Client, SeqPacket) {
+        let path = dir.join("d.sock");
+        let listener = crate::sys::Listener::bind(&path, 4).unwrap();
+        let client = Client::connect_with_timeout(&path, Duration::from_millis(200)).unwrap();
+        loop {
+            if let Some(sock) = listener.accept().unwrap() {
+                return (client, sock);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn commands_are_read_with_their_pools_and_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, server) = pair(dir.path());
+        let memfd = crate::sys::memfd_pool("ix-client-test", 4096, false).unwrap();
+        server
+            .send(
+                &resize_frame(7, vec![pool(1, 0)]),
+                &[std::os::fd::AsFd::as_fd(&memfd)],
+            )
+            .unwrap();
+        // `closed` keeps the command for `read_command`.
+        assert!(!client.closed());
+        assert!(client.has_command());
+        let (id, DataplaneCommand::Resize { allocation, pools }) =
+            client.read_command().unwrap().unwrap();
+        assert_eq!((id, allocation.cpus.len(), pools.len()), (7, 2, 1));
+        assert_eq!(pools[0].0.queue, 1);
+        let len = std::fs::File::from(pools.into_iter().next().unwrap().1)
+            .metadata()
+            .unwrap()
+            .len();
+        assert_eq!(len, 4096);
+        client.answer_command(7, Ok(2)).unwrap();
+        let mut buf = vec![0; MAX_FRAME];
+        let got = server.recv(&mut buf, &mut Vec::new()).unwrap();
+        let answer = proto::decode_answer(&buf[..got.len]).unwrap();
+        assert_eq!(
+            answer,
+            CommandAnswer {
+                cmd: 7,
+                result: Ok(2)
+            }
+        );
+        // A command that arrives while a request waits is kept too.
+        server.send(&resize_frame(8, vec![]), &[]).unwrap();
+        let reply = ResponseFrame {
+            v: VERSION,
+            id: Some(1),
+            outcome: Outcome::Error(ApiError::new(proto::ErrorCode::NotFound, "no")),
+        };
+        server.send(&proto::encode_response(&reply), &[]).unwrap();
+        let err = client.stop("x").unwrap_err();
+        assert_eq!(err.api().unwrap().message, "no");
+        assert!(client.has_command());
+        assert_eq!(client.read_command().unwrap().unwrap().0, 8);
+        // Nothing more: a timeout; then the close.
+        assert!(matches!(
+            client.read_command(),
+            Err(ClientError::Timeout(_))
+        ));
+        drop(server);
+        assert!(client.read_command().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_command_whose_descriptors_do_not_match_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, server) = pair(dir.path());
+        server
+            .send(&resize_frame(3, vec![pool(1, 0), pool(2, 1)]), &[])
+            .unwrap();
+        let err = client.read_command().unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(_)), "{err}");
+        let mut buf = vec![0; MAX_FRAME];
+        let got = server.recv(&mut buf, &mut Vec::new()).unwrap();
+        let answer = proto::decode_answer(&buf[..got.len]).unwrap();
+        assert_eq!(answer.cmd, 3);
+        assert!(answer.result.unwrap_err().contains("descriptors"));
+        // One it cannot read at all is refused too, when its id is readable.
+        server
+            .send(br#"{"v":1,"cmd":4,"command":"reboot"}"#, &[])
+            .unwrap();
+        assert!(matches!(
+            client.read_command(),
+            Err(ClientError::Timeout(_))
+        ));
+        let got = server.recv(&mut buf, &mut Vec::new()).unwrap();
+        let answer = proto::decode_answer(&buf[..got.len]).unwrap();
+        assert_eq!(answer.cmd, 4);
+        assert!(answer.result.unwrap_err().contains("reboot"));
+    }
+
     #[test]
     fn a_silent_daemon_times_out() {
         let dir = tempfile::tempdir().unwrap();
