@@ -10,7 +10,20 @@
 //! }
 //! # Ok::<(), control_plane::client::ClientError>(())
 //! ```
+//!
+//! # Commands on a lifeline
+//!
+//! A dataplane's registering connection (its lifeline) also receives
+//! commands from ixcpd ([`DataplaneCommand`]). The dataplane polls
+//! [`Client::as_fd`]; when it turns readable it calls
+//! [`Client::read_command`], which returns the next command, or `None`
+//! when ixcpd closed the connection, and answers each command with
+//! [`Client::answer_command`]. [`Client::closed`] keeps its meaning — it
+//! never drops a command: one that arrives while it looks is kept for
+//! `read_command` (check [`Client::has_command`] after it returns
+//! false), as is one that arrives while a request waits for its answer.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -18,9 +31,9 @@ use std::time::Duration;
 
 use crate::config::{DEFAULT_SOCKET, SOCKET_ENV};
 use crate::proto::{
-    self, AllocateArgs, ApiError, LaunchArgs, LaunchReply, LogsReply, Outcome, ReattachReply,
-    Registration, Reply, Request, RequestFrame, ResponseFrame, StatsReply, StatusReply, StopReply,
-    MAX_FRAME, VERSION,
+    self, AllocateArgs, ApiError, Command, CommandAnswer, CommandFrame, LaunchArgs, LaunchReply,
+    LogsReply, Outcome, PoolFd, ReattachReply, Registration, Reply, Request, RequestFrame,
+    ResponseFrame, StatsReply, StatusReply, StopReply, MAX_FRAME, VERSION,
 };
 use crate::resources::{Allocation, ResourcesView};
 use crate::sys::SeqPacket;
@@ -88,6 +101,20 @@ impl ClientError {
     }
 }
 
+/// A command ixcpd sent a running dataplane on its lifeline.
+#[derive(Debug)]
+pub enum DataplaneCommand {
+    /// Run with `allocation` from now on (see [`proto::Command::Resize`]):
+    /// `pools` are the added cores' buffer pools with their memfds, by
+    /// queue (empty when shrinking). Answer with the core count reached.
+    Resize {
+        /// The whole new allocation.
+        allocation: Allocation,
+        /// Each added core's pool and its memfd.
+        pools: Vec<(PoolFd, OwnedFd)>,
+    },
+}
+
 /// A connection to ixcpd.
 #[derive(Debug)]
 pub struct Client {
@@ -96,6 +123,8 @@ pub struct Client {
     timeout: Duration,
     next_id: u64,
     buf: Vec<u8>,
+    /// Commands received while looking for something else.
+    commands: VecDeque<(CommandFrame, Vec<OwnedFd>)>,
 }
 
 macro_rules! expect_reply {
@@ -148,6 +177,7 @@ impl Client {
             timeout,
             next_id: 1,
             buf: vec![0; MAX_FRAME],
+            commands: VecDeque::new(),
         })
     }
 
@@ -156,28 +186,176 @@ impl Client {
         &self.path
     }
 
-    /// The connection's descriptor, to poll: it turns readable when ixcpd
-    /// closes the connection (a lifeline's end).
+    /// The connection's descriptor, to poll: on a lifeline it turns
+    /// readable when ixcpd sends a command or closes the connection.
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
 
     /// For when [`Client::as_fd`] polled readable with no request out:
-    /// whether ixcpd closed the connection. ixcpd sends nothing unasked
-    /// in this protocol version; a message that arrives anyway is read
-    /// and dropped (and `false` returned) so that it cannot keep the
-    /// descriptor readable.
+    /// whether ixcpd closed the connection. A command that arrived is kept
+    /// for [`Client::read_command`] (and `false` returned); anything else
+    /// ixcpd sent unasked is read and dropped, so that it cannot keep the
+    /// descriptor readable. A lifeline that takes commands should call
+    /// [`Client::read_command`] instead, which also tells a close.
     pub fn closed(&mut self) -> bool {
         let mut fds = Vec::new();
         match self.sock.recv(&mut self.buf, &mut fds) {
             Ok(got) if got.len == 0 && fds.is_empty() => self.sock.peer_closed().unwrap_or(true),
             Ok(got) => {
-                log::debug!("ixcpd sent {} bytes unasked; dropped", got.len);
+                if !self.keep_command(got, fds) {
+                    log::debug!("ixcpd sent {} bytes unasked; dropped", got.len);
+                }
                 false
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => false,
             Err(_) => true,
         }
+    }
+
+    /// Whether a command is waiting for [`Client::read_command`] (one that
+    /// arrived during [`Client::closed`] or a request): the descriptor
+    /// does not turn readable for it again.
+    pub fn has_command(&self) -> bool {
+        !self.commands.is_empty()
+    }
+
+    /// Whether the frame just received into the buffer is a command (it
+    /// has `cmd`, where responses have `id`).
+    fn is_command(&self, got: crate::sys::Received) -> bool {
+        if got.truncated || got.len > self.buf.len() {
+            return false;
+        }
+        let bytes = &self.buf[..got.len];
+        proto::has_key(bytes, "cmd") && !proto::has_key(bytes, "id")
+    }
+
+    /// If the frame just received into the buffer is a command, keeps it
+    /// (with its descriptors) and returns true. A command this client
+    /// cannot read is answered with an error at once, when its `cmd` is
+    /// readable, so that ixcpd does not wait for it.
+    fn keep_command(&mut self, got: crate::sys::Received, fds: Vec<OwnedFd>) -> bool {
+        if !self.is_command(got) {
+            return false;
+        }
+        let bytes = &self.buf[..got.len];
+        match proto::decode_command(bytes) {
+            Ok(frame) => self.commands.push_back((frame, fds)),
+            Err(why) => {
+                let bytes = bytes.to_vec();
+                self.refuse_command(&bytes, why);
+            }
+        }
+        true
+    }
+
+    fn refuse_command(&mut self, bytes: &[u8], why: String) {
+        log::warn!("ixcpd sent a command this client cannot read: {why}");
+        let cmd = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("cmd")?.as_u64());
+        if let Some(cmd) = cmd {
+            let answer = proto::encode_answer(&CommandAnswer {
+                cmd,
+                result: Err(format!("cannot read the command: {why}")),
+            });
+            if let Err(err) = self.sock.send(&answer, &[]) {
+                log::warn!("cannot refuse command {cmd}: {err}");
+            }
+        }
+    }
+
+    /// Reads the next command ixcpd sent on this (lifeline) connection:
+    /// call it when [`Client::as_fd`] is readable, or while
+    /// [`Client::has_command`]. `Ok(None)` when ixcpd closed the
+    /// connection; [`ClientError::Timeout`] when nothing came within this
+    /// client's timeout. A command whose descriptors do not match its
+    /// `pools` is answered with an error here and reported as
+    /// [`ClientError::Protocol`]; answer every command returned with
+    /// [`Client::answer_command`].
+    pub fn read_command(&mut self) -> Result<Option<(u64, DataplaneCommand)>, ClientError> {
+        loop {
+            if let Some((frame, fds)) = self.commands.pop_front() {
+                return self.command_of(frame, fds).map(Some);
+            }
+            let mut fds = Vec::new();
+            let got = match self.sock.recv(&mut self.buf, &mut fds) {
+                Ok(got) => got,
+                Err(err) => {
+                    return match err.kind() {
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                            Err(ClientError::Timeout(self.timeout))
+                        }
+                        io::ErrorKind::ConnectionReset => Ok(None),
+                        _ => Err(ClientError::Io(err)),
+                    }
+                }
+            };
+            if got.len == 0 && fds.is_empty() && self.sock.peer_closed().unwrap_or(true) {
+                return Ok(None);
+            }
+            if !self.keep_command(got, fds) {
+                log::debug!("ixcpd sent {} bytes that are no command; dropped", got.len);
+            }
+        }
+    }
+
+    /// Pairs a command's pools with the descriptors that came with it.
+    fn command_of(
+        &mut self,
+        frame: CommandFrame,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(u64, DataplaneCommand), ClientError> {
+        let cmd = frame.cmd;
+        let Command::Resize { allocation, pools } = frame.command;
+        let mut slots: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+        let count = slots.len();
+        let mut paired = Vec::with_capacity(pools.len());
+        for pool in pools {
+            match slots.get_mut(pool.fd as usize).and_then(Option::take) {
+                Some(fd) => paired.push((pool, fd)),
+                None => {
+                    let why = format!(
+                        "resize lists pool fd {} but {count} descriptors arrived (or it is listed twice)",
+                        pool.fd
+                    );
+                    self.answer_command(cmd, Err(why.clone()))?;
+                    return Err(ClientError::Protocol(why));
+                }
+            }
+        }
+        if paired.len() != count {
+            let why = format!(
+                "resize lists {} pools but {count} descriptors arrived",
+                paired.len()
+            );
+            self.answer_command(cmd, Err(why.clone()))?;
+            return Err(ClientError::Protocol(why));
+        }
+        Ok((
+            cmd,
+            DataplaneCommand::Resize {
+                allocation,
+                pools: paired,
+            },
+        ))
+    }
+
+    /// Answers command `id`: `Ok(cores now)`, or `Err(why)` (ixcpd logs
+    /// it and undoes what it did for the command).
+    pub fn answer_command(
+        &mut self,
+        id: u64,
+        result: Result<u32, String>,
+    ) -> Result<(), ClientError> {
+        let bytes = proto::encode_answer(&CommandAnswer { cmd: id, result });
+        self.sock.send(&bytes, &[]).map_err(|err| match err.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ClientError::Closed,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                ClientError::Timeout(self.timeout)
+            }
+            _ => ClientError::Io(err),
+        })
     }
 
     /// Sends `request` and waits for its response; file descriptors that
@@ -247,6 +425,11 @@ impl Client {
                     got.len
                 )));
             }
+            if self.is_command(got) {
+                self.keep_command(got, std::mem::take(&mut fds));
+                // A command, for `read_command`; the answer is still due.
+                continue;
+            }
             let frame: ResponseFrame = proto::decode_response(&self.buf[..got.len])
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
             match (frame.id, frame.outcome) {
@@ -285,18 +468,26 @@ impl Client {
     /// until it registered (up to the daemon's launch timeout, 5 s, plus
     /// this client's timeout).
     pub fn launch(&mut self, args: LaunchArgs) -> Result<LaunchReply, ClientError> {
+        let reply = self.call_waiting(Request::Launch(args), crate::daemon::LAUNCH_TIMEOUT);
+        expect_reply!(reply?, Launched, "launched")
+    }
+
+    /// [`Client::call`] for a request the daemon answers only after
+    /// waiting up to `extra` for something else: this client's timeout
+    /// is lengthened by `extra` for it.
+    fn call_waiting(&mut self, request: Request, extra: Duration) -> Result<Reply, ClientError> {
         let normal = self.timeout;
-        let longer = normal + crate::daemon::LAUNCH_TIMEOUT;
+        let longer = normal + extra;
         self.sock
             .set_timeout(Some(longer))
             .map_err(ClientError::Io)?;
         self.timeout = longer;
-        let reply = self.call(Request::Launch(args));
+        let reply = self.call(request);
         self.timeout = normal;
         self.sock
             .set_timeout(Some(normal))
             .map_err(ClientError::Io)?;
-        expect_reply!(reply?, Launched, "launched")
+        reply
     }
 
     /// `stop`: stops a dataplane and returns its resources.
@@ -311,10 +502,13 @@ impl Client {
         expect_reply!(self.call(Request::Stats { name })?, Stats, "stats")
     }
 
-    /// `cores`: changes a dataplane's core count.
+    /// `cores`: changes a dataplane's core count; for a running one,
+    /// once it has answered ixcpd's command (up to the daemon's command
+    /// timeout, 5 s, plus this client's timeout).
     pub fn cores(&mut self, name: &str, n: u32) -> Result<Allocation, ClientError> {
         let name = name.to_owned();
-        expect_reply!(self.call(Request::Cores { name, n })?, Resized, "resized")
+        let reply = self.call_waiting(Request::Cores { name, n }, crate::daemon::COMMAND_TIMEOUT);
+        expect_reply!(reply?, Resized, "resized")
     }
 
     /// `logs`: what ixcpd recorded about a dataplane, the latest `lines`.
@@ -403,6 +597,132 @@ mod tests {
         assert!(!client.closed(), "a message is not a close");
         drop(server);
         assert!(client.closed());
+    }
+
+    fn resize_frame(cmd: u64, pools: Vec<PoolFd>) -> Vec<u8> {
+        proto::encode_command(&CommandFrame {
+            v: VERSION,
+            cmd,
+            command: Command::Resize {
+                allocation: Allocation {
+                    name: "echo".into(),
+                    port: "wire0".into(),
+                    cpus: vec![0, 1],
+                    buffers_per_core: 512,
+                    pool_bytes: 4096,
+                    page_size: 4096,
+                    huge: false,
+                    reta: (0..128).map(|g| g % 2).collect(),
+                },
+                pools,
+            },
+        })
+    }
+
+    fn pool(queue: u16, fd: u32) -> PoolFd {
+        PoolFd {
+            queue,
+            fd,
+            bytes: 4096,
+            buffers: 1,
+            huge: false,
+        }
+    }
+
+    /// A connected client and the daemon's end.
+    fn pair(dir: &Path) -> (Client, SeqPacket) {
+        let path = dir.join("d.sock");
+        let listener = crate::sys::Listener::bind(&path, 4).unwrap();
+        let client = Client::connect_with_timeout(&path, Duration::from_millis(200)).unwrap();
+        loop {
+            if let Some(sock) = listener.accept().unwrap() {
+                return (client, sock);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn commands_are_read_with_their_pools_and_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, server) = pair(dir.path());
+        let memfd = crate::sys::memfd_pool("ix-client-test", 4096, false).unwrap();
+        server
+            .send(
+                &resize_frame(7, vec![pool(1, 0)]),
+                &[std::os::fd::AsFd::as_fd(&memfd)],
+            )
+            .unwrap();
+        // `closed` keeps the command for `read_command`.
+        assert!(!client.closed());
+        assert!(client.has_command());
+        let (id, DataplaneCommand::Resize { allocation, pools }) =
+            client.read_command().unwrap().unwrap();
+        assert_eq!((id, allocation.cpus.len(), pools.len()), (7, 2, 1));
+        assert_eq!(pools[0].0.queue, 1);
+        let len = std::fs::File::from(pools.into_iter().next().unwrap().1)
+            .metadata()
+            .unwrap()
+            .len();
+        assert_eq!(len, 4096);
+        client.answer_command(7, Ok(2)).unwrap();
+        let mut buf = vec![0; MAX_FRAME];
+        let got = server.recv(&mut buf, &mut Vec::new()).unwrap();
+        let answer = proto::decode_answer(&buf[..got.len]).unwrap();
+        assert_eq!(
+            answer,
+            CommandAnswer {
+                cmd: 7,
+                result: Ok(2)
+            }
+        );
+        // A command that arrives while a request waits is kept too.
+        server.send(&resize_frame(8, vec![]), &[]).unwrap();
+        let reply = ResponseFrame {
+            v: VERSION,
+            id: Some(1),
+            outcome: Outcome::Error(ApiError::new(proto::ErrorCode::NotFound, "no")),
+        };
+        server.send(&proto::encode_response(&reply), &[]).unwrap();
+        let err = client.stop("x").unwrap_err();
+        assert_eq!(err.api().unwrap().message, "no");
+        assert!(client.has_command());
+        assert_eq!(client.read_command().unwrap().unwrap().0, 8);
+        // Nothing more: a timeout; then the close.
+        assert!(matches!(
+            client.read_command(),
+            Err(ClientError::Timeout(_))
+        ));
+        drop(server);
+        assert!(client.read_command().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_command_whose_descriptors_do_not_match_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, server) = pair(dir.path());
+        server
+            .send(&resize_frame(3, vec![pool(1, 0), pool(2, 1)]), &[])
+            .unwrap();
+        let err = client.read_command().unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(_)), "{err}");
+        let mut buf = vec![0; MAX_FRAME];
+        let got = server.recv(&mut buf, &mut Vec::new()).unwrap();
+        let answer = proto::decode_answer(&buf[..got.len]).unwrap();
+        assert_eq!(answer.cmd, 3);
+        assert!(answer.result.unwrap_err().contains("descriptors"));
+        // One it cannot read at all is refused too, when its id is readable.
+        server
+            .send(br#"{"v":1,"cmd":4,"command":"reboot"}"#, &[])
+            .unwrap();
+        assert!(matches!(
+            client.read_command(),
+            Err(ClientError::Timeout(_))
+        ));
+        let got = server.recv(&mut buf, &mut Vec::new()).unwrap();
+        let answer = proto::decode_answer(&buf[..got.len]).unwrap();
+        assert_eq!(answer.cmd, 4);
+        assert!(answer.result.unwrap_err().contains("reboot"));
     }
 
     #[test]

@@ -30,6 +30,35 @@
 //! exits later releases its dataplane even if it never registered. Its
 //! stdout and stderr go to the dataplane's log, served by `logs`.
 //!
+//! # Resizing a running dataplane
+//!
+//! `cores` on a registered dataplane goes through its lifeline: ixcpd
+//! sends a `resize` command (see [`crate::proto`]) and answers the
+//! caller only when the dataplane answers; the loop serves everyone else
+//! meanwhile, and a second resize of the same dataplane is told `busy`.
+//! A *grow* takes the cores, queues and memory in the books first and
+//! makes the added cores' pools, which travel with the command; a
+//! *shrink* proposes the smaller allocation ([`crate::resources::shrunk`])
+//! and gives the cores back only once the dataplane confirms. An error
+//! answer — or one ixcpd cannot read, logged as such — means the
+//! dataplane still runs what it ran: a grow is rolled back (the old
+//! redirection table restored exactly), a shrink changes nothing.
+//!
+//! No answer within [`COMMAND_TIMEOUT`]: the caller gets an error, but
+//! ixcpd cannot know whether the dataplane acted, so it keeps the
+//! *larger* of the two allocations in its books (the grown one, or the
+//! unshrunk one) — never lending cores a dataplane might be running on
+//! — and marks the dataplane's core count unknown: further resizes are
+//! refused until a late answer settles it (as a timely one would) or the
+//! dataplane exits (everything released, as always). A dataplane that
+//! exits during a resize releases everything, and the caller is told.
+//! The state file is written after every change of the books.
+//!
+//! Dataplanes under the `load` policy (`launch --policy load`, or the
+//! config's default) are sampled every [`crate::policy::TICK`]: the
+//! daemon reads their cores' records and lets [`crate::policy`] decide;
+//! its decisions take the same resize path and are logged.
+//!
 //! `stats` reads the dataplane's stats page: what each core last
 //! published. The dataplane writes that page; its numbers are passed on
 //! as numbers, and a page that cannot be read is reported in the reply's
@@ -69,13 +98,15 @@ use dataplane::stats::{self, StatsPage};
 
 use crate::config::{Config, HugePages, Policy};
 use crate::launch::{self, LaunchedChild, LogFiles, Spec, Stream};
+use crate::policy::{self, CoreSample, Decision, LoadState};
 use crate::process::{self, ProcessId, Watch};
 use crate::proto::{
-    AllocateArgs, ApiError, CoreStatsView, DaemonInfo, DataplaneInfo, DataplaneState, ErrorCode,
-    Isolation, LaunchArgs, LaunchReply, LogLine, LogsReply, PoolFd, ReattachReply, Registration,
-    Reply, Request, StatsFd, StatsReply, StatusReply, StopReply, VERSION,
+    self, AllocateArgs, ApiError, Command, CommandAnswer, CommandFrame, CoreStatsView, DaemonInfo,
+    DataplaneInfo, DataplaneState, ErrorCode, Isolation, LaunchArgs, LaunchReply, LogLine,
+    LogsReply, PoolFd, ReattachReply, Registration, Reply, Request, StatsFd, StatsReply,
+    StatusReply, StopReply, VERSION,
 };
-use crate::resources::{AllocError, AllocRequest, Allocation, MemoryAsk, Resources};
+use crate::resources::{self as res, AllocError, AllocRequest, Allocation, MemoryAsk, Resources};
 use crate::state::{self, Files, Saved, SavedDataplane, StateError, STATE_VERSION};
 use crate::sys::{self, PeerCred};
 use crate::units::Bytes;
@@ -101,6 +132,11 @@ pub const LOG_LINES: usize = 128;
 pub const LOG_LINE_MAX: usize = 300;
 /// Dataplane names whose logs are kept after they are gone.
 pub const LOG_BOOKS: usize = 64;
+/// Time a running dataplane has to answer a command on its lifeline.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Stats older than this (by the cores' heartbeat) are not acted on by
+/// the load policy.
+pub const POLICY_STALE: Duration = Duration::from_millis(500);
 
 /// Identifies one client connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -184,6 +220,39 @@ struct Dataplane {
     holder: Option<Holder>,
     /// The pid of the program `launch` started for it.
     launched: Option<u32>,
+    /// Its core policy.
+    policy: Policy,
+    /// The load policy's state, once it sampled.
+    load: Option<LoadState>,
+    /// A resize sent on its lifeline and not answered yet.
+    resize: Option<PendingResize>,
+}
+
+/// A `resize` command a running dataplane has not answered yet.
+#[derive(Debug)]
+struct PendingResize {
+    cmd: u64,
+    /// The connection whose `cores` waits for the outcome; `None` for
+    /// the load policy (or once the caller was told of a timeout).
+    origin: Option<ConnId>,
+    /// What the dataplane ran before.
+    before: Allocation,
+    /// What it was asked to run.
+    after: Allocation,
+    /// The pools of added cores (a grow), kept until it confirms.
+    pools: Vec<OwnedFd>,
+    deadline: Instant,
+    /// Past its deadline: the books hold the larger allocation and the
+    /// core count is unknown until it answers.
+    overdue: bool,
+    /// Who asked, for the log.
+    by: String,
+}
+
+impl PendingResize {
+    fn grows(&self) -> bool {
+        self.after.cores() > self.before.cores()
+    }
 }
 
 /// A `launch` request waiting for its program to register.
@@ -242,6 +311,11 @@ pub struct Daemon {
     log_watch: Option<OwnedFd>,
     /// The bytes the state file holds.
     saved: Vec<u8>,
+    /// Commands for dataplanes' lifelines, with their descriptors.
+    commands: Vec<(ConnId, Vec<u8>, Vec<OwnedFd>)>,
+    next_cmd: u64,
+    /// When the load policy next samples.
+    next_policy: Option<Instant>,
     boot_id: String,
     /// Counters the server updates.
     pub counters: Counters,
@@ -302,6 +376,9 @@ impl Daemon {
             files,
             log_watch: None,
             saved: Vec::new(),
+            commands: Vec::new(),
+            next_cmd: 1,
+            next_policy: None,
             boot_id: process::boot_id(),
             counters: Counters::default(),
         };
@@ -388,6 +465,7 @@ impl Daemon {
             memory_bytes: allocation.memory_bytes(),
             since_unix_ms: dp.map_or(0, |d| d.since_unix_ms),
             lifeline: holder.is_some_and(|h| h.conn.is_some()),
+            policy: dp.map_or(self.config.policy, |d| d.policy),
         }
     }
 
@@ -422,7 +500,14 @@ impl Daemon {
             },
             Request::Stop { name } => self.stop(caller, &name, now).map(Reply::Stopped).into(),
             Request::Stats { name } => self.stats(&name).map(Reply::Stats).into(),
-            Request::Cores { name, n } => self.cores(caller, &name, n).map(Reply::Resized).into(),
+            Request::Cores { name, n } => match self.cores(caller, &name, n, now) {
+                Ok(None) => {
+                    self.persist();
+                    return None;
+                }
+                Ok(Some(allocation)) => Ok(Reply::Resized(allocation)).into(),
+                Err(err) => Err(err).into(),
+            },
             Request::Logs { name, lines } => self.logs(&name, lines).map(Reply::Logs).into(),
             Request::Register { name } => match self.register(caller, &name, now) {
                 Ok((registration, fds)) => Answer {
@@ -444,6 +529,141 @@ impl Daemon {
     /// connection whose request [`Daemon::handle`] deferred.
     pub fn take_finished(&mut self) -> Vec<(ConnId, Answer)> {
         std::mem::take(&mut self.finished)
+    }
+
+    /// Commands to send since the last call: each an encoded frame for a
+    /// dataplane's lifeline and the descriptors that go with it.
+    pub fn take_commands(&mut self) -> Vec<(ConnId, Vec<u8>, Vec<OwnedFd>)> {
+        std::mem::take(&mut self.commands)
+    }
+
+    /// Whether `conn` is a registered dataplane's lifeline.
+    pub fn is_lifeline(&self, conn: ConnId) -> bool {
+        self.lifeline_of(conn).is_some()
+    }
+
+    /// Whether the dataplane whose lifeline is `conn` owes an answer to a
+    /// command.
+    pub fn awaits_answer(&self, conn: ConnId) -> bool {
+        self.lifeline_of(conn)
+            .and_then(|name| self.dataplanes.get(name))
+            .is_some_and(|dp| dp.resize.is_some())
+    }
+
+    fn lifeline_of(&self, conn: ConnId) -> Option<&str> {
+        self.dataplanes.iter().find_map(|(name, dp)| {
+            dp.holder
+                .as_ref()
+                .filter(|h| h.conn == Some(conn))
+                .map(|_| name.as_str())
+        })
+    }
+
+    /// An answer (or what was meant as one: `Err` says why it could not
+    /// be read) arrived on lifeline `conn`: settles the outstanding
+    /// command. An answer nothing waits for is logged and dropped.
+    pub fn command_answered(&mut self, conn: ConnId, answer: Result<CommandAnswer, String>) {
+        let Some(name) = self.lifeline_of(conn).map(str::to_owned) else {
+            log::warn!(
+                "client {}: an answer on a connection that is no lifeline; dropped",
+                conn.0
+            );
+            return;
+        };
+        let Some(pending) = self.dataplanes.get(&name).and_then(|dp| dp.resize.as_ref()) else {
+            let what = match &answer {
+                Ok(a) => format!("an answer to command {} with none outstanding", a.cmd),
+                Err(why) => format!("a frame that is neither request nor answer ({why})"),
+            };
+            self.log(&name, format!("dropped {what}"));
+            return;
+        };
+        let cmd = pending.cmd;
+        let outcome = match answer {
+            Ok(a) if a.cmd != cmd => Err(format!(
+                "malformed answer: it answers command {} but command {cmd} is outstanding",
+                a.cmd
+            )),
+            Ok(CommandAnswer {
+                result: Ok(cores), ..
+            }) if cores as usize != pending.after.cores() => Err(format!(
+                "malformed answer: ok with {cores} cores, but {} were asked",
+                pending.after.cores()
+            )),
+            Ok(CommandAnswer { result: Ok(_), .. }) => Ok(()),
+            Ok(CommandAnswer {
+                result: Err(why), ..
+            }) => Err(format!("the dataplane refused: {why}")),
+            Err(why) => Err(format!("malformed answer: {why}")),
+        };
+        self.settle(&name, outcome);
+        self.persist();
+    }
+
+    /// Ends `name`'s outstanding resize: `Ok` — it runs the new
+    /// allocation; `Err(why)` — it still runs the old one.
+    fn settle(&mut self, name: &str, outcome: Result<(), String>) {
+        let Some(dp) = self.dataplanes.get_mut(name) else {
+            return;
+        };
+        let Some(pending) = dp.resize.take() else {
+            return;
+        };
+        let (from, to) = (pending.before.cores(), pending.after.cores());
+        let late = if pending.overdue { " (late)" } else { "" };
+        let result = match outcome {
+            Ok(()) => {
+                let settled = if pending.grows() {
+                    dp.pools.extend(pending.pools);
+                    Ok(pending.after.clone())
+                } else {
+                    dp.pools.truncate(to);
+                    self.resources
+                        .resize(name, to as u32)
+                        .map_err(|e| e.to_string())
+                };
+                match settled {
+                    Ok(after) => {
+                        debug_assert_eq!(after, pending.after);
+                        self.log(
+                            name,
+                            format!(
+                                "resized{late} from {from} to {to} cores (asked by {}): cpus {:?}",
+                                pending.by, after.cpus
+                            ),
+                        );
+                        Ok(after)
+                    }
+                    Err(why) => {
+                        log::error!("{name}: the books refused a confirmed shrink: {why}");
+                        Err(ApiError::new(ErrorCode::Internal, why))
+                    }
+                }
+            }
+            Err(why) => {
+                if pending.grows() {
+                    if let Err(err) = self.resources.restore(&pending.before) {
+                        log::error!("{name}: cannot roll the books back: {err}");
+                    }
+                }
+                self.log(
+                    name,
+                    format!(
+                        "resize{late} from {from} to {to} cores (asked by {}) failed: {why}; it                          keeps cpus {:?}",
+                        pending.by, pending.before.cpus
+                    ),
+                );
+                Err(ApiError::new(
+                    ErrorCode::DataplaneFailed,
+                    format!("{name}: resize to {to} cores failed: {why}"),
+                ))
+            }
+        };
+        if let Some(conn) = pending.origin {
+            self.finished
+                .push((conn, result.map(Reply::Resized).into()));
+        }
+        debug_assert_eq!(self.resources.check_invariants(), Ok(()));
     }
 
     /// Descriptors to poll: readable when a watched process exits (its
@@ -502,12 +722,6 @@ impl Daemon {
                 "not_supported: kvm isolation is not built yet (launch with --isolation process)",
             ));
         }
-        if args.policy == Some(Policy::Load) {
-            return Err(ApiError::new(
-                ErrorCode::NotSupported,
-                "the load policy is not built yet (launch without --policy, resize with `ixctl cores`)",
-            ));
-        }
         if !Path::new(&args.program).is_absolute() {
             return Err(ApiError::new(
                 ErrorCode::InvalidArgument,
@@ -536,6 +750,10 @@ impl Daemon {
             },
         )?;
         let name = allocation.name;
+        let policy = args.policy.unwrap_or(self.config.policy);
+        if let Some(dp) = self.dataplanes.get_mut(&name) {
+            dp.policy = policy;
+        }
         let identity =
             (caller.cred.uid != sys::euid()).then_some((caller.cred.uid, caller.cred.gid));
         let spawned = LaunchedChild::spawn(&Spec {
@@ -748,9 +966,10 @@ impl Daemon {
             memory,
         };
         let allocation = self.resources.allocate(&request).map_err(alloc_error)?;
+        let capacity = self.capacity(&allocation);
         let made = self
             .make_pools(&allocation, 0)
-            .and_then(|(pools, huge)| Ok((pools, huge, make_stats(&allocation)?)));
+            .and_then(|(pools, huge)| Ok((pools, huge, make_stats(&allocation, capacity)?)));
         let (pools, huge, page) = match made {
             Ok(made) => made,
             Err(err) => {
@@ -771,6 +990,9 @@ impl Daemon {
                 since_unix_ms: unix_ms(),
                 holder: None,
                 launched: None,
+                policy: self.config.policy,
+                load: None,
+                resize: None,
             },
         );
         self.log(
@@ -829,6 +1051,15 @@ impl Daemon {
         Ok((pools, huge))
     }
 
+    /// The most cores `allocation`'s dataplane could run: its port's
+    /// queues (what its stats page is sized for).
+    fn capacity(&self, allocation: &Allocation) -> usize {
+        self.config
+            .port(&allocation.port)
+            .map_or(allocation.cores(), |p| usize::from(p.kind.queues()))
+            .clamp(allocation.cores().max(1), stats::MAX_CORES)
+    }
+
     fn may_manage(&self, caller: &Caller, name: &str, what: &str) -> Result<(), ApiError> {
         let dp = self.dataplanes.get(name).ok_or_else(|| not_found(name))?;
         if caller.cred.uid == 0 || caller.cred.uid == dp.owner_uid {
@@ -846,7 +1077,25 @@ impl Daemon {
 
     fn release(&mut self, name: &str, why: &str) {
         if let Ok(allocation) = self.resources.release(name) {
-            self.dataplanes.remove(name);
+            let pending = self.dataplanes.remove(name).and_then(|dp| dp.resize);
+            if let Some(PendingResize {
+                origin: Some(conn),
+                after,
+                ..
+            }) = pending
+            {
+                self.finished.push((
+                    conn,
+                    Err(ApiError::new(
+                        ErrorCode::DataplaneFailed,
+                        format!(
+                            "{name}: resize to {} cores did not finish: {why}",
+                            after.cores()
+                        ),
+                    ))
+                    .into(),
+                ));
+            }
             self.log(
                 name,
                 format!(
@@ -950,18 +1199,21 @@ impl Daemon {
         })
     }
 
-    fn cores(&mut self, caller: &Caller, name: &str, n: u32) -> Result<Allocation, ApiError> {
+    /// `cores`: resizes `name` to `n` cores. `Ok(None)`: a resize command
+    /// went to the running dataplane, the answer comes later (see the
+    /// module docs).
+    fn cores(
+        &mut self,
+        caller: &Caller,
+        name: &str,
+        n: u32,
+        now: Instant,
+    ) -> Result<Option<Allocation>, ApiError> {
         self.may_manage(caller, name, "resize")?;
         let dp = self.dataplanes.get(name).ok_or_else(|| not_found(name))?;
-        if let Some(holder) = &dp.holder {
-            return Err(ApiError::new(
-                ErrorCode::NotSupported,
-                format!(
-                    "{name} is running (pid {}): resizing a running dataplane needs flow-group \
-                     migration, which this ixcpd cannot do yet; stop it, resize, and start it again",
-                    holder.id.pid
-                ),
-            ));
+        let by = format!("uid {}", caller.cred.uid);
+        if dp.holder.is_some() {
+            return self.resize_running(name, n, Some(caller.conn), by, now);
         }
         let before = self
             .resources
@@ -974,8 +1226,7 @@ impl Daemon {
         } else {
             Ok(Vec::new())
         };
-        let made = made.and_then(|pools| Ok((pools, make_stats(&after)?)));
-        let (mut pools, page) = match made {
+        let mut pools = match made {
             Ok(made) => made,
             Err(err) => {
                 self.resources
@@ -987,18 +1238,260 @@ impl Daemon {
         let dp = self.dataplanes.get_mut(name).expect("checked above");
         dp.pools.truncate(after.cores());
         dp.pools.append(&mut pools);
-        dp.stats = Some(page);
         self.log(
             name,
             format!(
-                "resized by uid {} from {before} to {} cores: cpus {:?}",
-                caller.cred.uid,
+                "resized by {by} from {before} to {} cores: cpus {:?}",
                 after.cores(),
                 after.cpus
             ),
         );
         debug_assert_eq!(self.resources.check_invariants(), Ok(()));
-        Ok(after)
+        Ok(Some(after))
+    }
+
+    /// Sends a running dataplane a `resize` to `n` cores, taking the
+    /// added cores first when it grows; `Ok(None)` when the command went
+    /// out, `Ok(Some)` when nothing changes. `origin` waits for the
+    /// outcome; `by` says who asked, for the log.
+    fn resize_running(
+        &mut self,
+        name: &str,
+        n: u32,
+        origin: Option<ConnId>,
+        by: String,
+        now: Instant,
+    ) -> Result<Option<Allocation>, ApiError> {
+        let before = self
+            .resources
+            .get(name)
+            .ok_or_else(|| not_found(name))?
+            .clone();
+        let dp = self.dataplanes.get(name).ok_or_else(|| not_found(name))?;
+        let holder = dp.holder.as_ref().expect("a running dataplane");
+        if let Some(pending) = &dp.resize {
+            let message = if pending.overdue {
+                format!(
+                    "{name} did not answer resize command {} (to {} cores) within {COMMAND_TIMEOUT:?}:                      its core count is unknown, and it keeps cpus {:?} until it answers or exits",
+                    pending.cmd,
+                    pending.after.cores(),
+                    self.resources.get(name).map(|a| a.cpus.clone()).unwrap_or_default()
+                )
+            } else {
+                format!(
+                    "{name} is being resized from {} to {} cores (asked by {}); try again when it answered",
+                    pending.before.cores(),
+                    pending.after.cores(),
+                    pending.by
+                )
+            };
+            return Err(ApiError::new(ErrorCode::Busy, message));
+        }
+        if holder.stopping.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("{name} is stopping; it cannot be resized"),
+            ));
+        }
+        let Some(conn) = holder.conn else {
+            return Err(ApiError::new(
+                ErrorCode::Busy,
+                format!(
+                    "{name} (pid {}) has not reattached since ixcpd restarted: there is no lifeline                      to send the resize on yet; try again in a moment",
+                    holder.id.pid
+                ),
+            ));
+        };
+        if n == 0 {
+            return Err(alloc_error(AllocError::ZeroCores));
+        }
+        let from = before.cores();
+        if n as usize == from {
+            return Ok(Some(before));
+        }
+        let (after, pools) = if n as usize > from {
+            let after = self.resources.resize(name, n).map_err(alloc_error)?;
+            match self.make_pools(&after, from) {
+                Ok((pools, _)) => (after, pools),
+                Err(err) => {
+                    self.resources
+                        .restore(&before)
+                        .expect("restoring what was held always fits");
+                    return Err(err);
+                }
+            }
+        } else {
+            (res::shrunk(&before, n), Vec::new())
+        };
+        let huge = self.dataplanes[name].huge;
+        let listed: Vec<PoolFd> = (from..after.cores())
+            .enumerate()
+            .map(|(i, queue)| PoolFd {
+                queue: queue as u16,
+                fd: i as u32,
+                bytes: after.pool_bytes,
+                buffers: after.buffers_per_core,
+                huge,
+            })
+            .collect();
+        let dups = pools
+            .iter()
+            .map(OwnedFd::try_clone)
+            .collect::<Result<Vec<_>, _>>();
+        let dups = match dups {
+            Ok(dups) => dups,
+            Err(err) => {
+                if after.cores() > from {
+                    self.resources
+                        .restore(&before)
+                        .expect("restoring what was held always fits");
+                }
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("cannot duplicate pool fds: {err}"),
+                ));
+            }
+        };
+        let cmd = self.next_cmd;
+        self.next_cmd += 1;
+        let frame = proto::encode_command(&CommandFrame {
+            v: VERSION,
+            cmd,
+            command: Command::Resize {
+                allocation: after.clone(),
+                pools: listed,
+            },
+        });
+        self.commands.push((conn, frame, dups));
+        self.log(
+            name,
+            format!(
+                "resize from {from} to {} cores asked by {by}: sent command {cmd} (cpus {:?})",
+                after.cores(),
+                after.cpus
+            ),
+        );
+        let dp = self.dataplanes.get_mut(name).expect("checked above");
+        dp.resize = Some(PendingResize {
+            cmd,
+            origin,
+            before,
+            after,
+            pools,
+            deadline: now + COMMAND_TIMEOUT,
+            overdue: false,
+            by,
+        });
+        debug_assert_eq!(self.resources.check_invariants(), Ok(()));
+        Ok(None)
+    }
+
+    /// Resizes past their deadline: their callers are told, and the
+    /// dataplanes' core counts marked unknown (the books keep the larger
+    /// allocation; see the module docs).
+    fn service_resizes(&mut self, now: Instant) {
+        let mut late = Vec::new();
+        for (name, dp) in &mut self.dataplanes {
+            let Some(pending) = dp.resize.as_mut() else {
+                continue;
+            };
+            if pending.overdue || now < pending.deadline {
+                continue;
+            }
+            pending.overdue = true;
+            late.push((
+                name.clone(),
+                pending.cmd,
+                pending.origin.take(),
+                pending.after.cores(),
+            ));
+        }
+        for (name, cmd, origin, to) in late {
+            let held = self
+                .resources
+                .get(&name)
+                .map(|a| a.cpus.clone())
+                .unwrap_or_default();
+            self.log(
+                &name,
+                format!(
+                    "no answer to resize command {cmd} (to {to} cores) within {COMMAND_TIMEOUT:?}:                      core count unknown; it keeps cpus {held:?} until it answers or exits"
+                ),
+            );
+            if let Some(conn) = origin {
+                self.finished.push((
+                    conn,
+                    Err(ApiError::new(
+                        ErrorCode::DataplaneFailed,
+                        format!(
+                            "{name} did not answer the resize to {to} cores within                              {COMMAND_TIMEOUT:?}; it keeps cpus {held:?} until it answers or exits"
+                        ),
+                    ))
+                    .into(),
+                ));
+            }
+        }
+    }
+
+    /// Samples the dataplanes under the load policy and acts on its
+    /// decisions, every [`policy::TICK`].
+    fn service_policy(&mut self, now: Instant) {
+        let under_load = self.dataplanes.values().any(|dp| dp.policy == Policy::Load);
+        if !under_load {
+            self.next_policy = None;
+            return;
+        }
+        match self.next_policy {
+            Some(at) if now < at => return,
+            _ => self.next_policy = Some(now + policy::TICK),
+        }
+        let clock = dataplane::time::Instant::now().as_nanos();
+        let free = self.resources.free_cores().len();
+        let mut decisions = Vec::new();
+        for (name, dp) in &mut self.dataplanes {
+            let running = dp
+                .holder
+                .as_ref()
+                .is_some_and(|h| h.conn.is_some() && h.stopping.is_none());
+            if dp.policy != Policy::Load || !running || dp.resize.is_some() {
+                continue;
+            }
+            let Some(allocation) = self.resources.get(name) else {
+                continue;
+            };
+            let Some(samples) = dp
+                .stats
+                .as_ref()
+                .and_then(|p| samples(p, allocation, clock))
+            else {
+                continue;
+            };
+            let queues = self
+                .config
+                .port(&allocation.port)
+                .map_or(allocation.cores(), |p| usize::from(p.kind.queues()));
+            let max = queues.min(free + allocation.cores()) as u32;
+            let load = dp.load.get_or_insert_with(|| LoadState::new(now));
+            let decision = load.decide(&samples, now, max);
+            if decision != Decision::Stay {
+                load.acted(&decision, now);
+                decisions.push((name.clone(), decision));
+            }
+        }
+        for (name, decision) in decisions {
+            let (to, why) = match decision {
+                Decision::Grow { to, why } | Decision::Shrink { to, why } => (to, why),
+                Decision::Stay => continue,
+            };
+            self.log(&name, format!("load policy: {why}: resizing to {to} cores"));
+            let by = "the load policy".to_owned();
+            if let Err(err) = self.resize_running(&name, to, None, by, now) {
+                self.log(
+                    &name,
+                    format!("load policy: resize to {to} cores refused: {err}"),
+                );
+            }
+        }
     }
 
     fn logs(&self, name: &str, lines: Option<u32>) -> Result<LogsReply, ApiError> {
@@ -1128,11 +1621,8 @@ impl Daemon {
                 ),
             ));
         }
-        let cores = self
-            .resources
-            .get(name)
-            .ok_or_else(|| not_found(name))?
-            .cores();
+        let allocation = self.resources.get(name).ok_or_else(|| not_found(name))?;
+        let (cores, capacity) = (allocation.cores(), self.capacity(allocation));
         let dp = self
             .dataplanes
             .get_mut(name)
@@ -1169,8 +1659,17 @@ impl Daemon {
         if holder.watch.is_none() {
             holder.watch = Some(Watch::new(holder.id));
         }
-        let stats = match fds.into_iter().next() {
-            Some(fd) => match StatsPage::open(fd, cores, false) {
+        // A page made for growth maps whole; one an older ixcpd sized for
+        // the cores held maps as that.
+        let opened = fds.into_iter().next().map(|fd| {
+            let spare = fd.try_clone();
+            StatsPage::open(fd, capacity, false).or_else(|err| match spare {
+                Ok(spare) if capacity > cores => StatsPage::open(spare, cores, false),
+                _ => Err(err),
+            })
+        });
+        let stats = match opened {
+            Some(page) => match page {
                 Ok(page) => {
                     dp.stats = Some(page);
                     dp.stats_note = None;
@@ -1233,6 +1732,8 @@ impl Daemon {
         }
         self.service_children(now);
         self.service_holders(now);
+        self.service_resizes(now);
+        self.service_policy(now);
         let mut kill = Vec::new();
         let mut give_up = Vec::new();
         for (name, dp) in &mut self.dataplanes {
@@ -1305,7 +1806,23 @@ impl Daemon {
             .values()
             .filter_map(|dp| dp.holder.as_ref()?.exited_at)
             .map(|t| t + LIFELINE_GRACE);
-        stops.chain(launches).chain(polling).chain(graces).min()
+        let resizes = self
+            .dataplanes
+            .values()
+            .filter_map(|dp| dp.resize.as_ref().filter(|r| !r.overdue))
+            .map(|r| r.deadline);
+        let policy = self
+            .dataplanes
+            .values()
+            .any(|dp| dp.policy == Policy::Load)
+            .then(|| self.next_policy.unwrap_or_else(Instant::now));
+        stops
+            .chain(launches)
+            .chain(polling)
+            .chain(graces)
+            .chain(resizes)
+            .chain(policy)
+            .min()
     }
 
     /// The books as the state file holds them.
@@ -1329,6 +1846,7 @@ impl Daemon {
                             .launched
                             .and_then(|pid| self.children.get(&pid))
                             .map(|l| l.child.id()),
+                        policy: Some(dp.policy),
                     })
                 })
                 .collect(),
@@ -1433,9 +1951,10 @@ impl Daemon {
                 let note = "ixcpd restarted: the stats page returns when the dataplane reattaches";
                 (Vec::new(), None, Some(note.to_owned()), entry.huge)
             } else {
-                let made = self
-                    .make_pools(&entry.allocation, 0)
-                    .and_then(|(p, h)| Ok((p, Some(make_stats(&entry.allocation)?), None, h)));
+                let capacity = self.capacity(&entry.allocation);
+                let made = self.make_pools(&entry.allocation, 0).and_then(|(p, h)| {
+                    Ok((p, Some(make_stats(&entry.allocation, capacity)?), None, h))
+                });
                 match made {
                     Ok(made) => made,
                     Err(err) => {
@@ -1464,6 +1983,9 @@ impl Daemon {
                         stopping: None,
                     }),
                     launched: launched.map(|l| l.pid),
+                    policy: entry.policy.unwrap_or(self.config.policy),
+                    load: None,
+                    resize: None,
                 },
             );
             if let Some(l) = launched {
@@ -1494,9 +2016,32 @@ impl Daemon {
     }
 }
 
-/// A fresh stats page for `allocation`'s cores.
-fn make_stats(allocation: &Allocation) -> Result<StatsPage, ApiError> {
-    StatsPage::create(&format!("ix-{}-stats", allocation.name), allocation.cores()).map_err(|err| {
+/// What the load policy reads of `allocation`'s cores in `page` at
+/// `clock` (ns): `None` unless every core has published within
+/// [`POLICY_STALE`] (a core that has not started, or stopped publishing,
+/// gives nothing to act on).
+fn samples(page: &StatsPage, allocation: &Allocation, clock: u64) -> Option<Vec<CoreSample>> {
+    page.check_header().ok()?;
+    (0..allocation.cores())
+        .map(|core| {
+            let s = page.read(core).ok()?;
+            let fresh = s.publishes > 0
+                && s.heartbeat_ns <= clock
+                && clock - s.heartbeat_ns <= POLICY_STALE.as_nanos() as u64;
+            fresh.then_some(CoreSample {
+                queue_milli: s.avg_queue_milli,
+                idle_ppm: s.avg_idle_ppm,
+                full_ppm: s.avg_full_ppm,
+            })
+        })
+        .collect()
+}
+
+/// A fresh stats page for `allocation`, with room for `capacity` cores
+/// (what it could grow to: the page is kept across resizes, as the
+/// running dataplane keeps writing the page it mapped).
+fn make_stats(allocation: &Allocation, capacity: usize) -> Result<StatsPage, ApiError> {
+    StatsPage::create(&format!("ix-{}-stats", allocation.name), capacity).map_err(|err| {
         ApiError::new(
             ErrorCode::Internal,
             format!("cannot create the stats page of {}: {err}", allocation.name),
@@ -1746,47 +2291,254 @@ mod tests {
     }
 
     #[test]
-    fn resize_adds_and_drops_pools_and_refuses_running_dataplanes() {
+    fn resize_of_an_unregistered_allocation_adds_and_drops_pools_at_once() {
         let mut d = daemon("64 MiB");
         let now = Instant::now();
         ok(d.handle(&caller(1, 0), alloc("echo", 1), now));
-        let Reply::Resized(a) = ok(d.handle(
-            &caller(1, 0),
-            Request::Cores {
-                name: "echo".into(),
-                n: 2,
-            },
-            now,
-        )) else {
+        let Reply::Resized(a) = ok(d.handle(&caller(1, 0), cores("echo", 2), now)) else {
             panic!()
         };
         assert_eq!(a.cpus, vec![0, 1]);
         assert_eq!(d.dataplanes["echo"].pools.len(), 2);
-        ok(d.handle(
-            &caller(1, 0),
-            Request::Cores {
-                name: "echo".into(),
-                n: 1,
-            },
-            now,
-        ));
+        ok(d.handle(&caller(1, 0), cores("echo", 1), now));
         assert_eq!(d.dataplanes["echo"].pools.len(), 1);
-        ok(d.handle(
-            &caller(2, 0),
-            Request::Register {
-                name: "echo".into(),
-            },
-            now,
-        ));
-        let e = err(d.handle(
-            &caller(1, 0),
-            Request::Cores {
-                name: "echo".into(),
-                n: 2,
-            },
-            now,
-        ));
-        assert_eq!(e.code, ErrorCode::NotSupported);
+        assert!(d.take_commands().is_empty(), "nothing runs: no command");
+    }
+
+    fn cores(name: &str, n: u32) -> Request {
+        Request::Cores {
+            name: name.into(),
+            n,
+        }
+    }
+
+    /// A daemon with `echo` allocated with one core and registered on
+    /// connection 2 (its lifeline).
+    fn running_echo() -> TestDaemon {
+        let mut d = daemon("64 MiB");
+        let now = Instant::now();
+        ok(d.handle(&caller(1, 0), alloc("echo", 1), now));
+        let register = Request::Register {
+            name: "echo".into(),
+        };
+        let answer = d.handle(&caller(2, 0), register, now).unwrap();
+        let Ok(Reply::Registered(reg)) = answer.outcome else {
+            panic!("registration failed")
+        };
+        assert_eq!(
+            reg.stats.unwrap().cores,
+            2,
+            "the page has room for the port's 2 queues"
+        );
+        d
+    }
+
+    /// The one command sent since the last call: (lifeline, frame, fds).
+    fn command(d: &mut Daemon) -> (ConnId, CommandFrame, Vec<OwnedFd>) {
+        let mut sent = d.take_commands();
+        assert_eq!(sent.len(), 1, "one command");
+        let (conn, bytes, fds) = sent.pop().unwrap();
+        (conn, proto::decode_command(&bytes).unwrap(), fds)
+    }
+
+    fn answer(d: &mut Daemon, cmd: u64, result: Result<u32, String>) {
+        d.command_answered(ConnId(2), Ok(CommandAnswer { cmd, result }));
+    }
+
+    fn saved_cpus(d: &Daemon) -> Vec<u32> {
+        let saved = state::load(&d.files.state).unwrap().unwrap();
+        saved.dataplanes[0].allocation.cpus.clone()
+    }
+
+    #[test]
+    fn growing_a_running_dataplane_takes_cores_first_and_answers_when_it_confirms() {
+        let mut d = running_echo();
+        let now = Instant::now();
+        let before = d.resources.get("echo").unwrap().clone();
+        assert!(
+            d.handle(&caller(1, 0), cores("echo", 2), now).is_none(),
+            "deferred"
+        );
+        let (conn, frame, fds) = command(&mut d);
+        assert_eq!(conn, ConnId(2), "sent on the lifeline");
+        let Command::Resize { allocation, pools } = frame.command;
+        assert_eq!(allocation.cpus, vec![0, 1]);
+        assert_eq!(pools.len(), 1);
+        assert_eq!((pools[0].queue, pools[0].fd), (1, 0));
+        assert_eq!(fds.len(), 1, "the added core's pool memfd");
+        let len = File::from(fds.into_iter().next().unwrap())
+            .metadata()
+            .unwrap()
+            .len();
+        assert_eq!(len, allocation.pool_bytes);
+        // The books hold the new core while the dataplane acts, and so
+        // does the state file.
+        assert!(d.resources.free_cores().is_empty());
+        assert_eq!(saved_cpus(&d), vec![0, 1]);
+        // Meanwhile others are served, and a second resize is busy.
+        ok(d.handle(&caller(3, 0), Request::Status, now));
+        let e = err(d.handle(&caller(3, 0), cores("echo", 1), now));
+        assert_eq!(e.code, ErrorCode::Busy, "{e}");
+        assert!(d.take_finished().is_empty());
+        answer(&mut d, frame.cmd, Ok(2));
+        let (to, done) = d.take_finished().pop().expect("the caller is answered");
+        assert_eq!(to, ConnId(1));
+        let Ok(Reply::Resized(a)) = done.outcome else {
+            panic!("{:?}", done.outcome)
+        };
+        assert_eq!(a, allocation);
+        assert_eq!(d.dataplanes["echo"].pools.len(), 2);
+        assert_ne!(a.reta, before.reta);
+        let logs = d.logs("echo", None).unwrap();
+        assert!(
+            logs.lines.iter().any(|l| l
+                .text
+                .contains("resized from 1 to 2 cores (asked by uid 0)")),
+            "{logs:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_grow_is_rolled_back_exactly() {
+        let mut d = running_echo();
+        let now = Instant::now();
+        let before = d.resources.get("echo").unwrap().clone();
+        assert!(d.handle(&caller(1, 0), cores("echo", 2), now).is_none());
+        let (_, frame, _) = command(&mut d);
+        answer(&mut d, frame.cmd, Err("no thread for cpu 1".into()));
+        let (_, done) = d.take_finished().pop().unwrap();
+        let e = done.outcome.unwrap_err();
+        assert_eq!(e.code, ErrorCode::DataplaneFailed);
+        assert!(e.message.contains("no thread for cpu 1"), "{e}");
+        assert_eq!(
+            d.resources.get("echo").unwrap(),
+            &before,
+            "reta and cpus as before"
+        );
+        assert_eq!(d.resources.free_cores(), vec![1]);
+        assert_eq!(d.dataplanes["echo"].pools.len(), 1);
+        assert_eq!(saved_cpus(&d), vec![0]);
+        d.resources.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_malformed_answer_fails_the_resize_and_is_logged() {
+        let mut d = running_echo();
+        let now = Instant::now();
+        assert!(d.handle(&caller(1, 0), cores("echo", 2), now).is_none());
+        let (_, frame, _) = command(&mut d);
+        d.command_answered(ConnId(2), Err("answer: missing field `cmd`".into()));
+        let (_, done) = d.take_finished().pop().unwrap();
+        assert_eq!(done.outcome.unwrap_err().code, ErrorCode::DataplaneFailed);
+        assert_eq!(d.resources.free_cores(), vec![1]);
+        // An ok for another command, or with another core count, is no
+        // confirmation either.
+        assert!(d.handle(&caller(1, 0), cores("echo", 2), now).is_none());
+        let (_, second, _) = command(&mut d);
+        assert_ne!(second.cmd, frame.cmd);
+        answer(&mut d, frame.cmd, Ok(2));
+        assert!(d.take_finished().pop().unwrap().1.outcome.is_err());
+        assert!(d.handle(&caller(1, 0), cores("echo", 2), now).is_none());
+        let (_, third, _) = command(&mut d);
+        answer(&mut d, third.cmd, Ok(7));
+        assert!(d.take_finished().pop().unwrap().1.outcome.is_err());
+        assert_eq!(d.resources.free_cores(), vec![1]);
+        let logs = d.logs("echo", None).unwrap();
+        let malformed = logs
+            .lines
+            .iter()
+            .filter(|l| l.text.contains("malformed answer"))
+            .count();
+        assert_eq!(malformed, 3, "{logs:?}");
+        // An answer with nothing outstanding is dropped, with a line.
+        answer(&mut d, third.cmd, Ok(2));
+        assert!(d.take_finished().is_empty());
+    }
+
+    #[test]
+    fn a_shrink_gives_cores_back_only_when_the_dataplane_confirms() {
+        let mut d = running_echo();
+        let now = Instant::now();
+        assert!(d.handle(&caller(1, 0), cores("echo", 2), now).is_none());
+        let (_, grow, _) = command(&mut d);
+        answer(&mut d, grow.cmd, Ok(2));
+        d.take_finished();
+        assert!(d.handle(&caller(1, 0), cores("echo", 1), now).is_none());
+        let (_, frame, fds) = command(&mut d);
+        assert!(fds.is_empty());
+        let Command::Resize { allocation, pools } = frame.command;
+        assert!(pools.is_empty());
+        assert_eq!(allocation.cpus, vec![0]);
+        assert!(allocation.reta.iter().all(|&q| q == 0));
+        assert!(
+            d.resources.free_cores().is_empty(),
+            "still held while it acts"
+        );
+        answer(&mut d, frame.cmd, Ok(1));
+        let Ok(Reply::Resized(a)) = d.take_finished().pop().unwrap().1.outcome else {
+            panic!()
+        };
+        assert_eq!(&a, d.resources.get("echo").unwrap());
+        assert_eq!(d.resources.free_cores(), vec![1]);
+        assert_eq!(d.dataplanes["echo"].pools.len(), 1);
+        assert_eq!(saved_cpus(&d), vec![0]);
+        // A refused shrink changes nothing.
+        assert_eq!(
+            err(d.handle(&caller(1, 0), cores("echo", 0), now)).code,
+            ErrorCode::InvalidArgument
+        );
+        let Reply::Resized(same) = ok(d.handle(&caller(1, 0), cores("echo", 1), now)) else {
+            panic!()
+        };
+        assert_eq!(same.cpus, vec![0], "the same count needs no command");
+        assert!(d.take_commands().is_empty());
+    }
+
+    #[test]
+    fn an_unanswered_resize_times_out_keeping_the_larger_allocation() {
+        let mut d = running_echo();
+        let now = Instant::now();
+        assert!(d.handle(&caller(1, 0), cores("echo", 2), now).is_none());
+        let (_, frame, _) = command(&mut d);
+        d.tick(now + COMMAND_TIMEOUT - Duration::from_millis(1));
+        assert!(d.take_finished().is_empty());
+        assert_eq!(d.next_deadline(), Some(now + COMMAND_TIMEOUT));
+        d.tick(now + COMMAND_TIMEOUT);
+        let (to, done) = d.take_finished().pop().expect("the caller is told");
+        assert_eq!(to, ConnId(1));
+        let e = done.outcome.unwrap_err();
+        assert_eq!(e.code, ErrorCode::DataplaneFailed);
+        assert!(e.message.contains("did not answer"), "{e}");
+        // Its cores are not lent while it may run on them.
+        assert!(d.resources.free_cores().is_empty());
+        let busy = err(d.handle(&caller(1, 0), cores("echo", 1), now));
+        assert_eq!(busy.code, ErrorCode::Busy);
+        assert!(busy.message.contains("core count is unknown"), "{busy}");
+        // A late refusal settles it: the grow is rolled back, nobody waits.
+        answer(&mut d, frame.cmd, Err("too late".into()));
+        assert!(d.take_finished().is_empty());
+        assert_eq!(d.resources.free_cores(), vec![1]);
+        assert!(d.handle(&caller(1, 0), cores("echo", 2), now).is_none());
+    }
+
+    #[test]
+    fn a_dataplane_that_exits_mid_resize_releases_everything_and_the_caller_is_told() {
+        let mut d = running_echo();
+        let now = Instant::now();
+        assert!(d.handle(&caller(1, 0), cores("echo", 2), now).is_none());
+        command(&mut d);
+        d.disconnected(ConnId(2));
+        let (to, done) = d.take_finished().pop().unwrap();
+        assert_eq!(to, ConnId(1));
+        let e = done.outcome.unwrap_err();
+        assert_eq!(e.code, ErrorCode::DataplaneFailed);
+        assert!(e.message.contains("lifeline closed"), "{e}");
+        assert_eq!(d.resources.free_cores(), vec![0, 1]);
+        assert!(state::load(&d.files.state)
+            .unwrap()
+            .unwrap()
+            .dataplanes
+            .is_empty());
     }
 
     #[test]
@@ -2414,6 +3166,7 @@ mod tests {
             huge: false,
             holder,
             launched: None,
+            policy: None,
         }
     }
 

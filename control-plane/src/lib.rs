@@ -16,6 +16,8 @@
 //!   memfds and stats pages, registration of dataplane processes,
 //!   launching programs as dataplanes, per-dataplane logs, re-adoption
 //!   after a restart.
+//! - [`policy`]: the `load` policy's decisions, a pure function of
+//!   what the cores publish and the time.
 //! - [`launch`]: a program ixcpd started: its environment, identity,
 //!   output (in files that outlive ixcpd) and exit.
 //! - [`process`]: processes named by pid *and* start time, watched
@@ -38,7 +40,8 @@
 //! `g mod n`; one buffer pool per core: a memfd of `buffers × 2176`
 //! bytes rounded up to whole pages (2 MiB hugepages when the config
 //! resolved to them), its memory allocated when the allocation is made;
-//! and a stats page, one record per core, that the dataplane's cores
+//! and a stats page with a record for each core it could grow to (the
+//! port's queues), kept across resizes, that the dataplane's cores
 //! publish in and `stats` reads (layout in `dataplane::stats`).
 //! Resizing to `m` cores takes or returns cores, queues and pools and
 //! moves the fewest flow groups that rebalance the table. Nothing is
@@ -105,12 +108,18 @@
 //! naming the problem, and the connection keeps serving. See [`proto`] for
 //! every message and [`server`] for who may connect.
 //!
+//! # Running dataplanes
+//!
+//! A registered dataplane is resized over its lifeline: ixcpd sends a
+//! `resize` command with the new allocation (and the added cores' pool
+//! memfds) and the dataplane answers (see [`proto`] and [`daemon`]).
+//! The [`policy`] module decides such resizes for dataplanes under the
+//! `load` policy from what their cores publish.
+//!
 //! # Not yet here
 //!
 //! `launch` runs programs with process isolation only (`kvm` answers
-//! `not_supported`); resizing a *registered* dataplane (flow-group
-//! migration in the running dataplane) is refused; the `load` policy that
-//! would act on the published statistics does not exist yet.
+//! `not_supported`).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -120,6 +129,7 @@ pub mod config;
 pub mod daemon;
 pub mod host;
 pub mod launch;
+pub mod policy;
 pub mod process;
 pub mod proto;
 pub mod resources;

@@ -44,6 +44,36 @@
 //! request that may carry a descriptor: the dataplane's stats page, which
 //! the restarted ixcpd did not have.
 //!
+//! # Commands to a running dataplane
+//!
+//! The lifeline also carries frames ixcpd sends *unasked*: commands to
+//! the dataplane ([`CommandFrame`]). A command has `cmd` (ixcpd's id for
+//! it) where a response has `id`, so a client tells the two apart; the
+//! dataplane answers each with a [`CommandAnswer`] on the same
+//! connection, echoing `cmd`, with either `ok` (its core count now) or
+//! `error` (why not, for the dataplane's log). The one command of
+//! version 1 is `resize`: the dataplane's new allocation (CPUs, the
+//! redirection table after rebalancing; pools and memory per core are
+//! unchanged) and, when it grows, one buffer-pool memfd per added core as
+//! `SCM_RIGHTS`, listed in `pools` like the `registered` reply's:
+//!
+//! ```text
+//! ← {"v":1,"cmd":3,"command":"resize","allocation":{"name":"echo",…,
+//!    "cpus":[0,1,2],"reta":[0,1,2,0,…]},"pools":[{"queue":2,"fd":0,
+//!    "bytes":8912896,"buffers":4096,"huge":false}]}  + 1 memfd
+//! → {"v":1,"cmd":3,"ok":{"cores":3}}
+//! ← {"v":1,"cmd":4,"command":"resize","allocation":{…,"cpus":[0]},"pools":[]}
+//! → {"v":1,"cmd":4,"error":"cannot migrate flow group 7: timers pending"}
+//! ```
+//!
+//! Both directions decode strictly ([`decode_command`],
+//! [`decode_answer`]): unknown or missing fields, another version, both
+//! or neither of `ok` and `error` are refused, and what ixcpd cannot
+//! read from a dataplane counts as a failed command (logged), never a
+//! crash. An answer takes no descriptors. Requests may still be sent on
+//! the lifeline: a frame with `op` is a request, one without it on a
+//! lifeline with a command outstanding is that command's answer.
+//!
 //! A frame that is too large, empty, cut short, not UTF-8, not JSON, not
 //! an object, of another version, with an unknown `op`, an unknown field,
 //! or a missing or mistyped one, or with descriptors a request does not
@@ -266,8 +296,11 @@ pub enum ErrorCode {
     /// A launched program could not start, exited before registering, or
     /// did not register in time.
     LaunchFailed,
-    /// Too many clients.
+    /// Too many clients, or the dataplane is busy with another resize.
     Busy,
+    /// A running dataplane refused a command, answered one in a way
+    /// ixcpd cannot read, did not answer in time, or exited meanwhile.
+    DataplaneFailed,
     /// ixcpd failed (an OS error).
     Internal,
     /// A code this client does not know (from a newer daemon).
@@ -356,6 +389,13 @@ pub struct DataplaneInfo {
     /// never registered).
     #[serde(default)]
     pub lifeline: bool,
+    /// Its core policy (from a daemon without policies: none).
+    #[serde(default = "no_policy")]
+    pub policy: Policy,
+}
+
+fn no_policy() -> Policy {
+    Policy::None
 }
 
 /// Reply to `status`.
@@ -829,6 +869,211 @@ pub fn decode_response(bytes: &[u8]) -> Result<ResponseFrame, serde_json::Error>
     serde_json::from_slice(bytes)
 }
 
+/// A command ixcpd sends a registered dataplane on its lifeline, tagged
+/// by `command` on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Run with `allocation` from now on: start threads for added cores
+    /// (their pools' memfds come with the frame, listed in `pools`), stop
+    /// those of removed ones, and steer flow groups by its `reta`.
+    Resize {
+        /// The whole new allocation.
+        allocation: Allocation,
+        /// The pools of added cores (none when shrinking), indexing the
+        /// descriptors that come with the frame.
+        pools: Vec<PoolFd>,
+    },
+}
+
+impl Command {
+    /// The `command` of this command.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Resize { .. } => "resize",
+        }
+    }
+}
+
+/// A command with its envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandFrame {
+    /// Protocol version.
+    pub v: u32,
+    /// ixcpd's id for the command, echoed in the answer.
+    pub cmd: u64,
+    /// The command.
+    pub command: Command,
+}
+
+/// A dataplane's answer to a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandAnswer {
+    /// The command answered.
+    pub cmd: u64,
+    /// Its core count after the command, or why it failed.
+    pub result: Result<u32, String>,
+}
+
+/// The `ok` of an answer.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerOk {
+    cores: u32,
+}
+
+/// An answer as it is on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerWire {
+    v: u32,
+    cmd: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ok: Option<AnswerOk>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Encodes a command frame: `v`, `cmd`, `command`, then its fields.
+pub fn encode_command(frame: &CommandFrame) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        v: u32,
+        cmd: u64,
+        #[serde(flatten)]
+        command: &'a Command,
+    }
+    serde_json::to_vec(&Envelope {
+        v: frame.v,
+        cmd: frame.cmd,
+        command: &frame.command,
+    })
+    .expect("commands always serialise")
+}
+
+/// Decodes a command frame (dataplane side), strictly: the reason when
+/// it is not one this version knows.
+pub fn decode_command(bytes: &[u8]) -> Result<CommandFrame, String> {
+    let mut map = json_object(bytes, "command")?;
+    let v = take_u64(&mut map, "v")?;
+    let cmd = take_u64(&mut map, "cmd")?;
+    if v != u64::from(VERSION) {
+        return Err(format!(
+            "command {cmd}: protocol version {v} is not supported (this side speaks {VERSION})"
+        ));
+    }
+    let command: Command = serde_json::from_value(Value::Object(map))
+        .map_err(|e| format!("command {cmd}: {}", strip_position(&e)))?;
+    Ok(CommandFrame {
+        v: VERSION,
+        cmd,
+        command,
+    })
+}
+
+/// Encodes a dataplane's answer: `{"v":1,"cmd":N,"ok":{"cores":C}}` or
+/// `{"v":1,"cmd":N,"error":"…"}`.
+pub fn encode_answer(answer: &CommandAnswer) -> Vec<u8> {
+    let (ok, error) = match &answer.result {
+        Ok(cores) => (Some(AnswerOk { cores: *cores }), None),
+        Err(why) => (None, Some(why.clone())),
+    };
+    serde_json::to_vec(&AnswerWire {
+        v: VERSION,
+        cmd: answer.cmd,
+        ok,
+        error,
+    })
+    .expect("answers always serialise")
+}
+
+/// Decodes a dataplane's answer (ixcpd side), strictly: the reason when
+/// the frame is not a well-formed answer of this version.
+pub fn decode_answer(bytes: &[u8]) -> Result<CommandAnswer, String> {
+    let map = json_object(bytes, "answer")?;
+    let wire: AnswerWire = serde_json::from_value(Value::Object(map))
+        .map_err(|e| format!("answer: {}", strip_position(&e)))?;
+    if wire.v != VERSION {
+        return Err(format!(
+            "answer to command {}: protocol version {} is not supported (ixcpd speaks {VERSION})",
+            wire.cmd, wire.v
+        ));
+    }
+    let result = match (wire.ok, wire.error) {
+        (Some(ok), None) => Ok(ok.cores),
+        (None, Some(why)) => Err(why),
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "answer to command {}: both `ok` and `error`",
+                wire.cmd
+            ))
+        }
+        (None, None) => {
+            return Err(format!(
+                "answer to command {}: neither `ok` nor `error`",
+                wire.cmd
+            ))
+        }
+    };
+    Ok(CommandAnswer {
+        cmd: wire.cmd,
+        result,
+    })
+}
+
+/// Whether a frame reads as a request (a JSON object with `op`): on a
+/// lifeline, what is not one is an answer to a command.
+pub fn is_request(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bytes)
+        .is_ok_and(|v| v.as_object().is_some_and(|m| m.contains_key("op")))
+}
+
+/// Whether a frame carries `key` at its top level (a JSON object).
+pub fn has_key(bytes: &[u8], key: &str) -> bool {
+    serde_json::from_slice::<Value>(bytes)
+        .is_ok_and(|v| v.as_object().is_some_and(|m| m.contains_key(key)))
+}
+
+/// The frame as a JSON object, or why it is not one.
+fn json_object(bytes: &[u8], what: &str) -> Result<serde_json::Map<String, Value>, String> {
+    if bytes.len() > MAX_FRAME {
+        return Err(format!(
+            "{what} of {} bytes exceeds the {MAX_FRAME}-byte frame limit",
+            bytes.len()
+        ));
+    }
+    if bytes.is_empty() {
+        return Err(format!("empty frame (expected an {what})"));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_eof() {
+            format!("{what} is cut short: {}", strip_position(&e))
+        } else {
+            format!("{what} is not JSON: {}", strip_position(&e))
+        }
+    })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(format!(
+            "an {what} is a JSON object, got {}",
+            json_type(&other)
+        )),
+    }
+}
+
+/// Removes `key` from `map` as a non-negative integer.
+fn take_u64(map: &mut serde_json::Map<String, Value>, key: &str) -> Result<u64, String> {
+    match map.remove(key) {
+        None => Err(format!("missing field `{key}`")),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            format!(
+                "field `{key}` must be a non-negative integer, got {}",
+                json_type(&v)
+            )
+        }),
+    }
+}
+
 /// serde_json's message without its " at line L column C" suffix.
 fn strip_position(e: &serde_json::Error) -> String {
     let text = e.to_string();
@@ -968,6 +1213,7 @@ mod tests {
             memory_bytes: 1 << 24,
             since_unix_ms: 1_700_000_000_000,
             lifeline: true,
+            policy: Policy::Load,
         };
         let port = PortConfig {
             name: "wire0".into(),
@@ -1224,10 +1470,133 @@ mod tests {
         ));
     }
 
+    fn resize(cmd: u64) -> CommandFrame {
+        CommandFrame {
+            v: VERSION,
+            cmd,
+            command: Command::Resize {
+                allocation: allocation(),
+                pools: vec![PoolFd {
+                    queue: 1,
+                    fd: 0,
+                    bytes: 4096 * 2176,
+                    buffers: 4096,
+                    huge: false,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn commands_round_trip_and_are_told_from_responses() {
+        let bytes = encode_command(&resize(3));
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.starts_with(r#"{"v":1,"cmd":3,"command":"resize","allocation":{"#),
+            "{text}"
+        );
+        assert_eq!(decode_command(&bytes).unwrap(), resize(3));
+        assert!(!is_request(&bytes));
+        assert!(has_key(&bytes, "cmd") && !has_key(&bytes, "id"));
+        assert!(decode_response(&bytes).is_err(), "not a response");
+    }
+
+    #[test]
+    fn answers_round_trip_with_their_wire_shape() {
+        let ok = CommandAnswer {
+            cmd: 3,
+            result: Ok(2),
+        };
+        let bytes = encode_answer(&ok);
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"v":1,"cmd":3,"ok":{"cores":2}}"#
+        );
+        assert_eq!(decode_answer(&bytes).unwrap(), ok);
+        let failed = CommandAnswer {
+            cmd: 4,
+            result: Err("no thread".into()),
+        };
+        let bytes = encode_answer(&failed);
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"v":1,"cmd":4,"error":"no thread"}"#
+        );
+        assert_eq!(decode_answer(&bytes).unwrap(), failed);
+        assert!(!is_request(&bytes));
+    }
+
+    #[test]
+    fn malformed_answers_are_named() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "empty frame"),
+            (b"{\"v\":1,\"cmd\":3,\"ok\":{\"cor", "cut short"),
+            (b"ok", "not JSON"),
+            (b"[3]", "got an array"),
+            (b"{\"v\":1,\"ok\":{\"cores\":2}}", "missing field `cmd`"),
+            (
+                b"{\"v\":2,\"cmd\":3,\"ok\":{\"cores\":2}}",
+                "version 2 is not supported",
+            ),
+            (b"{\"v\":1,\"cmd\":3}", "neither `ok` nor `error`"),
+            (
+                b"{\"v\":1,\"cmd\":3,\"ok\":{\"cores\":2},\"error\":\"x\"}",
+                "both",
+            ),
+            (
+                b"{\"v\":1,\"cmd\":3,\"ok\":{\"cores\":-2}}",
+                "invalid value",
+            ),
+            (
+                b"{\"v\":1,\"cmd\":3,\"ok\":{\"cores\":2,\"extra\":1}}",
+                "unknown field `extra`",
+            ),
+            (
+                b"{\"v\":1,\"cmd\":3,\"ok\":{\"cores\":2},\"x\":1}",
+                "unknown field `x`",
+            ),
+            (b"{\"v\":1,\"cmd\":\"3\",\"error\":\"e\"}", "invalid type"),
+        ];
+        for (bytes, needle) in cases {
+            let err = decode_answer(bytes).expect_err("should be refused");
+            assert!(
+                err.contains(needle),
+                "{}: {err:?} lacks {needle:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_commands_are_named() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"{\"v\":1,\"cmd\":3,\"command\":\"reboot\"}",
+                "unknown variant `reboot`",
+            ),
+            (
+                b"{\"v\":1,\"cmd\":3,\"command\":\"resize\",\"pools\":[]}",
+                "missing field `allocation`",
+            ),
+            (b"{\"v\":3,\"cmd\":3,\"command\":\"resize\"}", "version 3"),
+            (b"{\"cmd\":3,\"command\":\"resize\"}", "missing field `v`"),
+        ];
+        for (bytes, needle) in cases {
+            let err = decode_command(bytes).expect_err("should be refused");
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
+        let mut extra: Value = serde_json::from_slice(&encode_command(&resize(1))).unwrap();
+        extra["force"] = Value::Bool(true);
+        let err = decode_command(&serde_json::to_vec(&extra).unwrap()).unwrap_err();
+        assert!(err.contains("unknown field `force`"), "{err}");
+    }
+
     proptest! {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_request(&bytes);
+            let _ = decode_answer(&bytes);
+            let _ = decode_command(&bytes);
         }
 
         #[test]

@@ -690,6 +690,39 @@ impl Resources {
         Ok(next)
     }
 
+    /// Puts back `previous`, an allocation `name` held before it grew
+    /// (its CPUs a prefix of those held now, its redirection table the
+    /// one the dataplane still uses): returns the added cores, their
+    /// queues and memory, and restores the table exactly — a resize back
+    /// would rebalance it into another table.
+    pub fn restore(&mut self, previous: &Allocation) -> Result<Allocation, AllocError> {
+        let name = &previous.name;
+        let current = self
+            .allocations
+            .get(name)
+            .ok_or_else(|| AllocError::NotFound { name: name.clone() })?;
+        let n = previous.cpus.len();
+        let same_shape = current.port == previous.port
+            && current.pool_bytes == previous.pool_bytes
+            && current.buffers_per_core == previous.buffers_per_core
+            && n > 0
+            && n <= current.cpus.len()
+            && current.cpus[..n] == previous.cpus[..];
+        if !same_shape {
+            return Err(AllocError::Inconsistent {
+                what: format!(
+                    "{name}: cannot restore cpus {:?}: it holds {:?}",
+                    previous.cpus, current.cpus
+                ),
+            });
+        }
+        check_reta(&previous.reta, n).map_err(|what| AllocError::Inconsistent { what })?;
+        self.resize(name, n as u32)?;
+        let restored = self.allocations.get_mut(name).expect("resized above");
+        restored.reta.clone_from(&previous.reta);
+        Ok(restored.clone())
+    }
+
     /// Checks that the books balance: every core, port and byte is either
     /// free or held by exactly the allocation that lists it, and every
     /// redirection table is complete and balanced. Returns what is wrong.
@@ -768,6 +801,18 @@ impl Resources {
         }
         Ok(())
     }
+}
+
+/// What [`Resources::resize`] would make of `current` at `cores` cores,
+/// computed without touching the books: the allocation ixcpd proposes to
+/// a running dataplane before it shrinks (the books change only once the
+/// dataplane confirms). For `cores` below what is held it is exactly
+/// what `resize` returns from the same books.
+pub fn shrunk(current: &Allocation, cores: u32) -> Allocation {
+    let mut next = current.clone();
+    next.cpus.truncate(cores as usize);
+    rebalance(&mut next.reta, cores as u16);
+    next
 }
 
 /// Checks that `reta` has [`FLOW_GROUPS`] entries, all below `queues`, and
@@ -1142,6 +1187,40 @@ ip = "10.0.1.1/24"
         assert_eq!(shrunk.cpus, vec![0]);
         assert!(shrunk.reta.iter().all(|&q| q == 0));
         assert_eq!(res.free_cores(), vec![1, 2, 3]);
+        res.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn shrunk_previews_resize_and_restore_undoes_a_grow_exactly() {
+        let mut res = Resources::new(&config(&[0, 1, 2, 3], "128 MiB", 4));
+        let a = res
+            .allocate(&ask("a", 3, "wire0", MemoryAsk::Default))
+            .unwrap();
+        let preview = shrunk(&a, 2);
+        assert_eq!(res.get("a"), Some(&a), "a preview leaves the books alone");
+        assert_eq!(res.resize("a", 2).unwrap(), preview);
+        let before = res.get("a").unwrap().clone();
+        let used = res.free_memory();
+        let grown = res.resize("a", 4).unwrap();
+        assert_eq!(grown.cpus, vec![0, 1, 2, 3]);
+        // Resizing back would rebalance into another table; restore puts
+        // the old one back.
+        let restored = res.restore(&before).unwrap();
+        assert_eq!(restored, before);
+        assert_eq!(res.get("a"), Some(&before));
+        assert_eq!(res.free_cores(), vec![2, 3]);
+        assert_eq!(res.free_memory(), used);
+        res.check_invariants().unwrap();
+        // Only a prefix of what is held can be restored.
+        let mut other = before.clone();
+        other.cpus = vec![1, 3];
+        assert!(matches!(
+            res.restore(&other),
+            Err(AllocError::Inconsistent { .. })
+        ));
+        let mut bad_reta = before.clone();
+        bad_reta.reta[0] = 9;
+        assert!(res.restore(&bad_reta).is_err());
         res.check_invariants().unwrap();
     }
 

@@ -36,6 +36,14 @@
 //! Descriptors sent with a request are refused (and closed) unless the
 //! request is `reattach`, which may carry one.
 //!
+//! A lifeline also carries commands to its dataplane (queued like
+//! responses, with their descriptors, and sent after the turn's requests
+//! were served) and the dataplane's answers, which the server recognises
+//! (see [`crate::proto`]) and hands to the daemon instead of answering
+//! them; a malformed one is counted with the malformed frames. A `cores`
+//! request that sent a command is answered when the dataplane answers,
+//! like a `launch`.
+//!
 //! # State
 //!
 //! [`Server::bind`] starts the daemon from the state file beside the
@@ -413,6 +421,7 @@ impl Server {
     /// Queues the answers the daemon finished (launches) on the
     /// connections that wait for them.
     fn send_finished(&mut self) {
+        self.send_commands();
         for (id, answer) in self.daemon.take_finished() {
             let Some(conn) = self.conns.get_mut(&id) else {
                 log::debug!("client {} left before its answer was ready", id.0);
@@ -517,6 +526,14 @@ impl Server {
             if got.len == 0 && fds.is_empty() && conn.sock.peer_closed().unwrap_or(true) {
                 return Status::Closed;
             }
+            if self.lifeline_answer(id, got, fds.len()) {
+                // Answers take no descriptors; any sent are closed here.
+                drop(fds);
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return Status::Closed;
+            };
             let caller = Caller {
                 conn: id,
                 cred: conn.cred,
@@ -537,6 +554,61 @@ impl Server {
             }
         }
         Status::Open
+    }
+
+    /// If the frame just received on `id` is a dataplane's answer to a
+    /// command — on a lifeline, a frame with `cmd`, or, while a command
+    /// is outstanding, anything that is not a request — hands it to the
+    /// daemon (a malformed one as the reason it is) and returns true.
+    /// Answers get no response.
+    fn lifeline_answer(&mut self, id: ConnId, got: sys::Received, fds: usize) -> bool {
+        if !self.daemon.is_lifeline(id) {
+            return false;
+        }
+        let awaited = self.daemon.awaits_answer(id);
+        let decoded = if got.truncated || got.len > MAX_FRAME {
+            if !awaited {
+                return false;
+            }
+            Err(format!(
+                "a frame of {} bytes exceeds the {MAX_FRAME}-byte limit",
+                got.len
+            ))
+        } else {
+            let bytes = &self.buf[..got.len];
+            let answer = proto::has_key(bytes, "cmd") || (awaited && !proto::is_request(bytes));
+            if !answer {
+                return false;
+            }
+            proto::decode_answer(bytes)
+        };
+        let decoded = match decoded {
+            Ok(_) if fds > 0 => Err(format!(
+                "an answer takes no file descriptors ({fds} received and closed)"
+            )),
+            other => other,
+        };
+        if let Err(why) = &decoded {
+            self.daemon.counters.malformed += 1;
+            log::warn!("client {}: malformed answer on a lifeline: {why}", id.0);
+        }
+        self.daemon.command_answered(id, decoded);
+        true
+    }
+
+    /// Queues the commands the daemon has for dataplanes on their
+    /// lifelines.
+    fn send_commands(&mut self) {
+        for (id, bytes, fds) in self.daemon.take_commands() {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                log::debug!("lifeline {} closed before its command was sent", id.0);
+                continue;
+            };
+            conn.outbox.push_back(Outgoing { bytes, fds });
+            if self.flush(id) == Status::Closed {
+                self.close(id);
+            }
+        }
     }
 
     /// The request's id and the response to one received frame; no

@@ -110,6 +110,10 @@ pub struct SavedDataplane {
     /// The program ixcpd launched for it, if any.
     #[serde(default)]
     pub launched: Option<ProcessId>,
+    /// Its core policy (absent in files of ixcpds before the load
+    /// policy: the config's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::config::Policy>,
 }
 
 /// Why the state file could not be used.
@@ -301,6 +305,7 @@ mod tests {
                     start: 987_654,
                 }),
                 launched: None,
+                policy: Some(crate::config::Policy::Load),
             }],
         }
     }

@@ -518,10 +518,12 @@ impl StatsPage {
         Ok(page)
     }
 
-    /// Maps a page received as `fd`, expected to hold `cores` records:
-    /// writable for the dataplane, read-only for a reader. Refuses a
-    /// descriptor that is too small, not size-sealed, or whose header is
-    /// not this layout's.
+    /// Maps the first `cores` records of a page received as `fd`:
+    /// writable for the dataplane, read-only for a reader. The page may
+    /// have room for more cores than that (ixcpd sizes it for the most
+    /// cores the dataplane could grow to, and keeps it across resizes).
+    /// Refuses a descriptor that is too small, not size-sealed, or whose
+    /// header is not this layout's or holds fewer records.
     pub fn open(fd: OwnedFd, cores: usize, writable: bool) -> Result<StatsPage, StatsError> {
         if cores == 0 || cores > MAX_CORES {
             return Err(StatsError::Cores(cores));
@@ -561,7 +563,8 @@ impl StatsPage {
         self.mem.fd()
     }
 
-    /// Checks the header still says what it said when the page was made.
+    /// Checks the header still says what it said when the page was made:
+    /// this layout, with room for at least the records mapped here.
     pub fn check_header(&self) -> Result<(), StatsError> {
         for (what, off, expected) in [
             ("magic", header::MAGIC, MAGIC),
@@ -570,7 +573,12 @@ impl StatsPage {
             ("record_len", header::RECORD_LEN, RECORD_LEN as u64),
         ] {
             let got = self.word(off).load(Ordering::Relaxed);
-            if got != expected {
+            let fits = if what == "cores" {
+                (expected..=MAX_CORES as u64).contains(&got)
+            } else {
+                got == expected
+            };
+            if !fits {
                 return Err(StatsError::Header {
                     what,
                     got,
@@ -782,7 +790,11 @@ mod tests {
             matches!(err, StatsError::TooSmall { cores: 20, .. }),
             "{err}"
         );
-        // Large enough, but made for another core count.
+        // A page with room for more cores than mapped is fine.
+        let roomy = StatsPage::create("ix-stats-test", 4).unwrap();
+        let first = StatsPage::open(roomy.fd().try_clone_to_owned().unwrap(), 2, false).unwrap();
+        assert_eq!(first.cores(), 2);
+        // Large enough, but made for fewer cores.
         let err = StatsPage::open(page.fd().try_clone_to_owned().unwrap(), 3, false).unwrap_err();
         assert!(
             matches!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use control_plane::client::default_socket_path;
-use control_plane::config::{is_valid_name, NAME_RULE};
+use control_plane::config::{is_valid_name, Policy, NAME_RULE};
 use control_plane::proto::{Isolation, LaunchArgs};
 
 use crate::bench::kvs::{KvsParams, KvsSystem};
@@ -175,6 +175,10 @@ struct LaunchCli {
     /// Isolation of the dataplane from the application.
     #[arg(long, value_enum, default_value_t = IsolationArg::Process)]
     isolation: IsolationArg,
+    /// Core policy: `load` adds and removes cores with the load
+    /// [default: ixcpd's].
+    #[arg(long, value_enum)]
+    policy: Option<PolicyArg>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -187,6 +191,12 @@ struct LaunchCli {
 enum IsolationArg {
     Kvm,
     Process,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PolicyArg {
+    None,
+    Load,
 }
 
 #[derive(Debug, Subcommand)]
@@ -582,7 +592,10 @@ fn validate_launch(l: LaunchCli) -> Result<LaunchArgs, UsageError> {
             IsolationArg::Kvm => Isolation::Kvm,
             IsolationArg::Process => Isolation::Process,
         }),
-        policy: None,
+        policy: l.policy.map(|p| match p {
+            PolicyArg::None => Policy::None,
+            PolicyArg::Load => Policy::Load,
+        }),
         program: resolved.to_string_lossy().into_owned(),
         args: words.collect(),
         cwd: Some(cwd.to_string_lossy().into_owned()),
@@ -801,7 +814,14 @@ mod tests {
         );
         assert_eq!(l.args, ["-c", "--name"]);
         assert_eq!(l.isolation, Some(Isolation::Process));
+        assert_eq!(l.policy, None, "the daemon's default");
         assert!(l.cwd.is_some());
+        let c = ctl(&[
+            "launch", "--name", "kvs", "--port", "wire0", "--policy", "load", "--", "sh",
+        ])
+        .unwrap();
+        let CtlOp::Launch(l) = c.op else { panic!() };
+        assert_eq!(l.policy, Some(Policy::Load));
     }
 
     #[test]

@@ -456,7 +456,7 @@ fn dataplane_table(out: &mut dyn Write, dps: &[DataplaneInfo]) -> anyhow::Result
     let pw = dps.iter().map(|d| d.port.len()).max().unwrap_or(4).max(4);
     writeln!(
         out,
-        "{:<w$}  STATE      PID      {:<pw$}  CPUS      MEMORY",
+        "{:<w$}  STATE      PID      {:<pw$}  CPUS      MEMORY     POLICY",
         "NAME", "PORT"
     )?;
     for d in dps {
@@ -468,11 +468,12 @@ fn dataplane_table(out: &mut dyn Write, dps: &[DataplaneInfo]) -> anyhow::Result
         let pid = d.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
         writeln!(
             out,
-            "{:<w$}  {state:<9}  {pid:<7}  {:<pw$}  {:<8}  {}",
+            "{:<w$}  {state:<9}  {pid:<7}  {:<pw$}  {:<8}  {:<9}  {}",
             d.name,
             d.port,
             cpus(&d.cpus),
-            Bytes(d.memory_bytes)
+            Bytes(d.memory_bytes).to_string(),
+            d.policy.name()
         )?;
     }
     Ok(())
@@ -591,6 +592,7 @@ mod tests {
                 memory_bytes: 2 << 20,
                 since_unix_ms: 0,
                 lifeline: true,
+                policy: control_plane::config::Policy::None,
             },
             allocation: Allocation {
                 name: "echo".into(),
