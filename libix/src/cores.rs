@@ -117,6 +117,26 @@ impl Cores {
         Ok(cores)
     }
 
+    /// A dataplane without cores, that refuses to grow (tests of the
+    /// lifeline).
+    #[cfg(test)]
+    pub(crate) fn none(stop: Arc<AtomicBool>) -> Cores {
+        use dataplane::rss::RssConfig;
+        Cores {
+            spawn: Box::new(|_, _, _, _| Err(IxError::Resize("no cores here".into()))),
+            set_table: Box::new(|_| Ok(())),
+            shared: Shared::new(&RssConfig::round_robin(1, 8), 1),
+            counters: Vec::new(),
+            stop,
+            state: Mutex::new(State {
+                active: 0,
+                slots: Vec::new(),
+                finished: Vec::new(),
+                closed: false,
+            }),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

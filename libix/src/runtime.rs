@@ -41,7 +41,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use control_plane::client::{default_socket_path, Client, ClientError};
+use control_plane::client::{default_socket_path, Client, ClientError, DataplaneCommand};
 use control_plane::config::{PortKind, DATAPLANE_ENV};
 use control_plane::proto::{ErrorCode, PoolFd, Registration};
 use dataplane::buf::{Pool, BUF_SIZE};
@@ -721,6 +721,8 @@ struct Supervisor {
     stats: Option<OwnedFd>,
     stop: Arc<AtomicBool>,
     disowned: Arc<Mutex<Option<String>>>,
+    /// The cores, for ixcpd's resize commands.
+    cores: Arc<Cores>,
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes; the index of
@@ -783,16 +785,31 @@ impl Drop for Lifeline {
 }
 
 impl Supervisor {
-    /// Holds `lifeline` until `quit` turns readable (its writer closed);
-    /// restores it whenever ixcpd closes it.
+    /// Holds `lifeline` until `quit` turns readable (its writer closed),
+    /// carrying out ixcpd's commands that arrive on it; restores it
+    /// whenever ixcpd closes it.
     fn run(self, mut lifeline: Client, quit: &std::io::PipeReader) {
         loop {
-            let which = wait_readable(&[lifeline.as_fd(), quit.as_fd()], None);
-            match which {
-                Some(0) if lifeline.closed() => {}
-                Some(0) => continue,
-                // Told to quit (or poll failed): the lifeline closes here.
-                _ => return,
+            if !lifeline.has_command() {
+                match wait_readable(&[lifeline.as_fd(), quit.as_fd()], None) {
+                    Some(0) => {}
+                    // Told to quit (or poll failed): the lifeline closes here.
+                    _ => return,
+                }
+            }
+            match lifeline.read_command() {
+                Ok(Some((id, command))) => {
+                    let result = self.obey(command);
+                    if let Err(e) = lifeline.answer_command(id, result) {
+                        log::warn!("{}: cannot answer ixcpd's command {id}: {e}", self.name);
+                    }
+                    continue;
+                }
+                Ok(None) | Err(ClientError::Closed | ClientError::Io(_)) => {}
+                Err(e) => {
+                    log::warn!("{}: unreadable command from ixcpd: {e}", self.name);
+                    continue;
+                }
             }
             log::warn!(
                 "{}: ixcpd closed the lifeline (did it restart?); reconnecting to {:?}",
@@ -804,6 +821,41 @@ impl Supervisor {
                 None => return,
             }
         }
+    }
+
+    /// Carries out one command: grows or shrinks the dataplane to ixcpd's
+    /// new allocation (its CPUs in order, the pools of added cores, the
+    /// redirection table to reach). The answer is the core count reached,
+    /// or why not.
+    fn obey(&self, command: DataplaneCommand) -> Result<u32, String> {
+        let DataplaneCommand::Resize { allocation, pools } = command;
+        let before = self.cores.active();
+        let mut mapped = Vec::with_capacity(pools.len());
+        for (i, (p, fd)) in pools.into_iter().enumerate() {
+            if usize::from(p.queue) != before + i {
+                return Err(format!(
+                    "pool for queue {} where queue {} was due",
+                    p.queue,
+                    before + i
+                ));
+            }
+            mapped.push(Some(map_pool(&p, fd).map_err(|e| e.to_string())?));
+        }
+        let cpus: Vec<Option<usize>> = allocation.cpus.iter().map(|&c| Some(c as usize)).collect();
+        let result = self
+            .cores
+            .resize(&cpus, mapped, Some(allocation.reta))
+            .map(|n| n as u32)
+            .map_err(|e| e.to_string());
+        match &result {
+            Ok(n) => log::info!(
+                "{}: resized by ixcpd from {before} to {n} cores (cpus {:?})",
+                self.name,
+                allocation.cpus
+            ),
+            Err(e) => log::warn!("{}: ixcpd's resize failed: {e}", self.name),
+        }
+        result
     }
 
     /// Reconnects with backoff until ixcpd takes the dataplane back
@@ -912,6 +964,7 @@ impl Dataplane {
                 stats: stats_fd,
                 stop,
                 disowned: Arc::default(),
+                cores: dp.cores.clone(),
             },
         )?);
         Ok(dp)
@@ -1530,6 +1583,7 @@ mod tests {
                 stats,
                 stop: stop.clone(),
                 disowned: Arc::default(),
+                cores: Arc::new(crate::cores::Cores::none(stop.clone())),
             },
         )
         .unwrap();
