@@ -649,7 +649,7 @@ impl Daemon {
                 self.log(
                     name,
                     format!(
-                        "resize{late} from {from} to {to} cores (asked by {}) failed: {why}; it                          keeps cpus {:?}",
+                        "resize{late} from {from} to {to} cores (asked by {}) failed: {why}; it keeps cpus {:?}",
                         pending.by, pending.before.cpus
                     ),
                 );
@@ -918,7 +918,7 @@ impl Daemon {
                     gone.push((
                         name.clone(),
                         format!(
-                            "pid {pid} exited, but its lifeline is still open (another process                              holds it)"
+                            "pid {pid} exited, but its lifeline is still open (another process holds it)"
                         ),
                     ));
                 }
@@ -1297,7 +1297,7 @@ impl Daemon {
             return Err(ApiError::new(
                 ErrorCode::Busy,
                 format!(
-                    "{name} (pid {}) has not reattached since ixcpd restarted: there is no lifeline                      to send the resize on yet; try again in a moment",
+                    "{name} (pid {}) has not reattached since ixcpd restarted: there is no lifeline to send the resize on yet; try again in a moment",
                     holder.id.pid
                 ),
             ));
@@ -1424,7 +1424,7 @@ impl Daemon {
                     Err(ApiError::new(
                         ErrorCode::DataplaneFailed,
                         format!(
-                            "{name} did not answer the resize to {to} cores within                              {COMMAND_TIMEOUT:?}; it keeps cpus {held:?} until it answers or exits"
+                            "{name} did not answer the resize to {to} cores within {COMMAND_TIMEOUT:?}; it keeps cpus {held:?} until it answers or exits"
                         ),
                     ))
                     .into(),

@@ -288,23 +288,24 @@ pub struct Shared {
 pub struct Pending {
     sources: Vec<u16>,
     reports: mpsc::Receiver<HandOver>,
+    got: Vec<HandOver>,
 }
 
 impl Pending {
-    /// Waits until every source core reported, at most `timeout`.
-    pub fn wait(self, timeout: Duration) -> Result<Vec<HandOver>, MigrateError> {
+    /// Waits until every source core reported, at most `timeout` (wait
+    /// again after a timeout: the moves go on).
+    pub fn wait(&mut self, timeout: Duration) -> Result<(), MigrateError> {
         let deadline = std::time::Instant::now() + timeout;
-        let mut got: Vec<HandOver> = Vec::with_capacity(self.sources.len());
-        while got.len() < self.sources.len() {
+        while self.got.len() < self.sources.len() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.reports.recv_timeout(left) {
-                Ok(r) => got.push(r),
+                Ok(r) => self.got.push(r),
                 Err(_) => {
                     let core = self
                         .sources
                         .iter()
                         .copied()
-                        .find(|s| got.iter().all(|r| r.from != *s))
+                        .find(|s| self.got.iter().all(|r| r.from != *s))
                         .unwrap_or_default();
                     return Err(MigrateError::Timeout {
                         core,
@@ -313,7 +314,12 @@ impl Pending {
                 }
             }
         }
-        Ok(got)
+        Ok(())
+    }
+
+    /// What the sources reported so far.
+    pub fn reports(&self) -> &[HandOver] {
+        &self.got
     }
 }
 
@@ -415,7 +421,11 @@ impl Shared {
                 },
             );
         }
-        Ok(Pending { sources, reports })
+        Ok(Pending {
+            sources,
+            reports,
+            got: Vec::new(),
+        })
     }
 
     /// Marks `groups` owned by `core` (the target, when it settles a move).
@@ -425,6 +435,15 @@ impl Shared {
                 self.owners.set(usize::from(g), Owner::Core(core));
             }
         }
+    }
+
+    /// Whether every `(group, to)` of `moves` is owned by its target (the
+    /// target processed the source's `Settled`).
+    pub fn settled(&self, moves: &[(u16, u16)]) -> bool {
+        moves.iter().all(|&(g, to)| {
+            usize::from(g) >= self.owners.groups()
+                || self.owners.owner(usize::from(g)) == Owner::Core(to)
+        })
     }
 
     /// Moves for a new table: `(group, new core)` for each group whose
@@ -507,10 +526,12 @@ mod tests {
         })
         .unwrap();
         // core 1 never reports
+        let mut pending = pending;
         assert!(matches!(
             pending.wait(Duration::from_millis(20)),
             Err(MigrateError::Timeout { core: 1, .. })
         ));
+        assert_eq!(pending.reports().len(), 1);
         shared.settle(&[0, 1], 2);
         assert_eq!(shared.owners.groups_of(2), vec![0, 1]);
     }

@@ -32,23 +32,33 @@ use dataplane::migrate::{Message, Shared};
 
 use crate::runtime::{CoreReport, IxError, PoolMem};
 
-/// How long a resize waits for the cores to hand their flow groups over,
-/// and for a removed core's thread to end.
+/// After this long a resize whose flow groups still move logs a warning
+/// (it keeps waiting: moves cannot be undone); a removed core's thread
+/// that `join` holds is waited for this long.
 pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a core's thread returns.
 pub(crate) type CoreResult = Result<CoreReport, IxError>;
 
 /// Starts the elastic thread of queue `q` on CPU `cpu` with `pool` (or a
-/// pool of its own); sets `exited` when the thread ends.
+/// pool of its own), which reports how far it got in `life`.
 pub(crate) type SpawnCore = dyn Fn(
         u16,
         Option<usize>,
         Option<PoolMem>,
-        Arc<AtomicBool>,
+        Arc<CoreLife>,
     ) -> Result<JoinHandle<CoreResult>, IxError>
     + Send
     + Sync;
+
+/// How far a core's thread got.
+#[derive(Debug, Default)]
+pub(crate) struct CoreLife {
+    /// It runs its loop (its queue is open), so it reads its mailbox.
+    pub(crate) looping: AtomicBool,
+    /// It ended.
+    pub(crate) exited: AtomicBool,
+}
 
 /// Rewrites the NIC's redirection table (flow group → queue).
 pub(crate) type SetTable = dyn Fn(&[u16]) -> Result<(), IxError> + Send + Sync;
@@ -57,8 +67,8 @@ pub(crate) type SetTable = dyn Fn(&[u16]) -> Result<(), IxError> + Send + Sync;
 struct Slot {
     /// Its thread, until someone joins it.
     thread: Option<JoinHandle<CoreResult>>,
-    /// Set by the thread as it ends.
-    exited: Arc<AtomicBool>,
+    /// What the thread says of itself.
+    life: Arc<CoreLife>,
 }
 
 struct State {
@@ -148,14 +158,14 @@ impl Cores {
         cpu: Option<usize>,
         pool: Option<PoolMem>,
     ) -> Result<(), IxError> {
-        let exited = Arc::new(AtomicBool::new(false));
-        let thread = (self.spawn)(q as u16, cpu, pool, exited.clone())?;
+        let life = Arc::new(CoreLife::default());
+        let thread = (self.spawn)(q as u16, cpu, pool, life.clone())?;
         if st.slots.len() <= q {
             st.slots.resize_with(q + 1, || None);
         }
         st.slots[q] = Some(Slot {
             thread: Some(thread),
-            exited,
+            life,
         });
         Ok(())
     }
@@ -205,6 +215,17 @@ impl Cores {
                 t
             }
         };
+        let serving = |q: usize| {
+            st.slots.get(q).and_then(Option::as_ref).is_some_and(|s| {
+                s.life.looping.load(Ordering::Acquire) && !s.life.exited.load(Ordering::Acquire)
+            })
+        };
+        if let Some(q) = (0..old).find(|&q| !serving(q)) {
+            return Err(IxError::Resize(format!(
+                "core {q} is not serving (still waiting for its port's link — is a peer on \
+                 the wire? — or it ended)"
+            )));
+        }
         if table.len() != self.shared.owners.groups()
             || table.iter().any(|&q| usize::from(q) >= new)
         {
@@ -230,7 +251,7 @@ impl Cores {
                 false
             }
         });
-        let reports = match (migrated, nic_error) {
+        let mut reports = match (migrated, nic_error) {
             (_, Some(e)) => {
                 self.retire(&mut st, old..new);
                 st.active = old;
@@ -241,10 +262,33 @@ impl Cores {
                 st.active = old;
                 return Err(IxError::Resize(e.to_string()));
             }
-            (Ok(pending), None) => pending
-                .wait(MIGRATION_TIMEOUT)
-                .map_err(|e| IxError::Resize(e.to_string()))?,
+            (Ok(pending), None) => pending,
         };
+        // Once groups move there is no going back: wait until the sources
+        // handed them over and the targets took them (a core just started
+        // may still be opening its queue), however long a starved core
+        // takes — or the dataplane stops.
+        let began = std::time::Instant::now();
+        let mut warned = false;
+        loop {
+            let sources_done = reports.wait(Duration::from_millis(50)).is_ok();
+            if sources_done && self.shared.settled(&moves) {
+                break;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(IxError::Resize(
+                    "the dataplane stopped while flow groups moved".into(),
+                ));
+            }
+            if !warned && began.elapsed() > MIGRATION_TIMEOUT {
+                warned = true;
+                log::warn!(
+                    "resize from {old} to {new} cores: flow groups still moving after \
+                     {MIGRATION_TIMEOUT:?}"
+                );
+            }
+        }
+        let reports = reports.reports();
         self.retire(&mut st, new..old);
         st.active = new;
         let conns: usize = reports.iter().map(|r| r.conns).sum();
@@ -273,7 +317,7 @@ impl Cores {
                 // `join` holds the thread: wait for it to end there.
                 None => {
                     let deadline = std::time::Instant::now() + MIGRATION_TIMEOUT;
-                    while !slot.exited.load(Ordering::Acquire)
+                    while !slot.life.exited.load(Ordering::Acquire)
                         && std::time::Instant::now() < deadline
                     {
                         std::thread::sleep(Duration::from_millis(1));

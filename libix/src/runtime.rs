@@ -60,7 +60,7 @@ use dataplane::stats::{CoreWriter, StatsPage};
 use dataplane::tcp::{TcpConfig, TcpStats};
 use dataplane::wire::ethernet::EthernetAddress;
 
-use crate::cores::Cores;
+use crate::cores::{CoreLife, Cores};
 use crate::{App, Dispatch};
 
 /// Errors starting or running a dataplane.
@@ -890,7 +890,7 @@ impl Supervisor {
                     if !matches!(err.code, ErrorCode::Busy | ErrorCode::Internal) =>
                 {
                     log::error!(
-                        "{}: ixcpd refused to take the dataplane back ({err}); stopping it, since                          its cores and port may be given to another",
+                        "{}: ixcpd refused to take the dataplane back ({err}); stopping it, since its cores and port may be given to another",
                         self.name
                     );
                     *self.disowned.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.message);
@@ -1029,7 +1029,7 @@ impl Dataplane {
             let (cfg, port, shared, counters) =
                 (cfg.clone(), port.clone(), shared.clone(), counters.clone());
             let (factory, stop, opened) = (Arc::new(factory), stop.clone(), opened.clone());
-            move |q: u16, cpu: Option<usize>, pool_mem: Option<PoolMem>, exited: Arc<AtomicBool>| {
+            move |q: u16, cpu: Option<usize>, pool_mem: Option<PoolMem>, life: Arc<CoreLife>| {
                 let core_cfg = CoreConfig {
                     queue: q,
                     rss: rss.clone(),
@@ -1067,10 +1067,11 @@ impl Dataplane {
                                 stop: &stop,
                                 opened,
                                 shared,
+                                life: &life,
                             },
                             factory(q),
                         );
-                        exited.store(true, Ordering::Release);
+                        life.exited.store(true, Ordering::Release);
                         r
                     })
                     .map_err(IxError::Spawn)
@@ -1259,6 +1260,8 @@ struct Signals<'a> {
     stop: &'a AtomicBool,
     opened: Option<mpsc::Sender<()>>,
     shared: Arc<Shared>,
+    /// Where the core says it runs its loop.
+    life: &'a CoreLife,
 }
 
 fn run_core<A: App>(
@@ -1274,6 +1277,7 @@ fn run_core<A: App>(
         stop,
         opened,
         shared,
+        life,
     } = signals;
     let Publish { counters, page } = publish;
     let q = core_cfg.queue;
@@ -1296,6 +1300,7 @@ fn run_core<A: App>(
     }
     let mut handler = Dispatch(app);
     // The loop publishes once more as it ends: the counters are final.
+    life.looping.store(true, Ordering::Release);
     thread.run(&mut handler, stop);
     let last = counters.snapshot();
     Ok(CoreReport {

@@ -233,7 +233,8 @@ fn run_ctl(ctl: &Ctl, out: &mut dyn Write) -> anyhow::Result<()> {
             if ctl.json {
                 return json(out, &a);
             }
-            writeln!(out, "{name}: {} cores, cpus {}", a.cores(), cpus(&a.cpus))?;
+            let noun = if a.cores() == 1 { "core" } else { "cores" };
+            writeln!(out, "{name}: {} {noun}, cpus {}", a.cores(), cpus(&a.cpus))?;
         }
     }
     Ok(())

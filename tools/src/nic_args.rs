@@ -4,7 +4,8 @@
 //! peers.
 //!
 //! ```text
-//! PROGRAM --memif /tmp/wire.sock --ip 10.0.0.1 [--cpu 0] …   standalone
+//! PROGRAM --memif /tmp/wire.sock --ip 10.0.0.1 [--cpu 0] [--queues 2] …
+//!                                                              standalone
 //! PROGRAM --dpdk-vdev net_memif0,role=server,socket=/tmp/m.sock \
 //!         --ip 10.0.0.1 [--cpu 0] …          standalone, DPDK (feature dpdk)
 //! ixctl launch --name N --cores 1 --port wire0 -- PROGRAM …   registered
@@ -38,6 +39,12 @@ pub struct NicArgs {
     /// CPU to pin the elastic thread to (with --memif or --dpdk-vdev).
     #[arg(long, requires = "wire")]
     pub cpu: Option<usize>,
+    /// Queues to open the memif wire with (with --memif): both ends must
+    /// agree, so give the peer's — an ixcpd port's `queues` when the peer
+    /// was launched by ixcpd (its cores may then grow up to that).
+    #[arg(long, requires = "memif", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub queues: u16,
     /// Register with ixcpd under this name [default: $IX_DATAPLANE].
     #[arg(long, value_name = "NAME", conflicts_with = "wire")]
     pub dataplane: Option<String>,
@@ -124,6 +131,7 @@ where
     F: Fn(u16) -> A + Send + Sync + 'static,
 {
     cfg.cores = vec![nic.cpu];
+    cfg.max_cores = Some(usize::from(nic.queues));
     if let Some(b) = nic.batch {
         cfg.batch = b;
     }
@@ -136,8 +144,7 @@ where
 /// Says on stderr that the port is open (a DPDK port started): peers may
 /// connect.
 fn port_open(program: &str, dp: &Dataplane) {
-    eprintln!(
-        "{program}: port open, {} cores starting",
-        dp.counters().len()
-    );
+    let n = dp.cores();
+    let noun = if n == 1 { "core" } else { "cores" };
+    eprintln!("{program}: port open, {n} {noun} starting");
 }
