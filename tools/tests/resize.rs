@@ -144,7 +144,8 @@ fn cores_added_and_removed_over_a_lossy_reordering_wire_keep_every_byte() {
 
 /// A KVS client: on each connection, `set` a value that changes every
 /// round, then `get` it, pipelined in one send, and checks the reply
-/// byte for byte.
+/// byte for byte. Every [`ROUNDS_PER_CONN`] rounds a connection closes and
+/// a new one opens in its place, so handshakes meet migrations too.
 struct KvsChecker {
     server: SocketAddrV4,
     conns: Vec<KvsConn>,
@@ -167,8 +168,12 @@ struct KvsTally {
     rounds: u64,
     wrong: u64,
     broken: u64,
+    opened: u64,
     closed: u64,
 }
+
+/// Rounds on one connection before it is replaced by a new one.
+const ROUNDS_PER_CONN: u64 = 20;
 
 impl KvsChecker {
     fn next_round(&mut self, cx: &mut Cx, i: usize) {
@@ -205,22 +210,31 @@ impl KvsChecker {
         self.conns.iter().position(|c| c.conn == Some(conn))
     }
 
-    fn finish(&mut self, cx: &mut Cx, i: usize) {
+    fn close(&mut self, cx: &mut Cx, i: usize) {
         if let Some(conn) = self.conns[i].conn.take() {
             let closed = cx.close(conn).is_ok();
             self.out.lock().unwrap().closed += u64::from(closed);
         }
+    }
+
+    fn finish(&mut self, cx: &mut Cx, i: usize) {
+        self.close(cx, i);
         if self.conns.iter().all(|c| c.conn.is_none()) {
             cx.stop();
         }
+    }
+
+    fn open(&mut self, cx: &mut Cx, i: usize) {
+        self.conns[i].conn = cx.connect(self.server).ok();
+        self.out.lock().unwrap().opened += 1;
     }
 }
 
 impl App for KvsChecker {
     fn start(&mut self, cx: &mut Cx) {
         self.until = Some(cx.now() + self.run);
-        for c in &mut self.conns {
-            c.conn = cx.connect(self.server).ok();
+        for i in 0..self.conns.len() {
+            self.open(cx, i);
         }
         cx.arm_timer(self.run + Duration::from_secs(30), 1).unwrap();
     }
@@ -249,6 +263,9 @@ impl App for KvsChecker {
         }
         if self.until.is_some_and(|u| cx.now() >= u) {
             self.finish(cx, i);
+        } else if self.conns[i].round % ROUNDS_PER_CONN == 0 {
+            self.close(cx, i);
+            self.open(cx, i);
         } else {
             self.next_round(cx, i);
         }
@@ -323,6 +340,7 @@ fn ixkvs_sessions_move_with_their_connections_while_cores_come_and_go() {
     assert!(moved >= conns as u64, "only {moved} connections moved");
     assert_eq!(t.wrong, 0, "replies differed from what was stored");
     assert_eq!(t.broken, 0, "connections broke");
-    assert_eq!(t.closed, conns as u64, "every connection closed in order");
+    assert_eq!(t.closed, t.opened, "every connection closed in order");
+    assert!(t.opened > 2 * conns as u64, "only {} connections opened", t.opened);
     assert!(t.rounds > 500, "only {} rounds", t.rounds);
 }

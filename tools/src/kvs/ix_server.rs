@@ -261,9 +261,9 @@ impl App for IxKvs {
     }
 
     fn migrate_in(&mut self, cx: &mut Cx, conn: Conn, state: Option<Box<dyn Any + Send>>) {
+        // No state: the connection was still in its handshake on the other
+        // core (its knock comes here).
         let Some(moved) = state.and_then(|s| s.downcast::<MovedConnection>().ok()) else {
-            log::warn!("kvs: {conn:?} arrived from another core without its session; resetting it");
-            let _ = cx.abort(conn);
             return;
         };
         let i = conn.index();
