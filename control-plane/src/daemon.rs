@@ -1272,7 +1272,7 @@ impl Daemon {
         if let Some(pending) = &dp.resize {
             let message = if pending.overdue {
                 format!(
-                    "{name} did not answer resize command {} (to {} cores) within {COMMAND_TIMEOUT:?}:                      its core count is unknown, and it keeps cpus {:?} until it answers or exits",
+                    "{name} did not answer resize command {} (to {} cores) within {COMMAND_TIMEOUT:?}: its core count is unknown, and it keeps cpus {:?} until it answers or exits",
                     pending.cmd,
                     pending.after.cores(),
                     self.resources.get(name).map(|a| a.cpus.clone()).unwrap_or_default()
@@ -1415,7 +1415,7 @@ impl Daemon {
             self.log(
                 &name,
                 format!(
-                    "no answer to resize command {cmd} (to {to} cores) within {COMMAND_TIMEOUT:?}:                      core count unknown; it keeps cpus {held:?} until it answers or exits"
+                    "no answer to resize command {cmd} (to {to} cores) within {COMMAND_TIMEOUT:?}: core count unknown; it keeps cpus {held:?} until it answers or exits"
                 ),
             );
             if let Some(conn) = origin {

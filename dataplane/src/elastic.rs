@@ -602,6 +602,35 @@ impl<Q: QueuePair> ElasticThread<Q> {
         &mut self.core
     }
 
+    /// Before the loop starts: waits until `link_up` says the port's link
+    /// is up (so the application's first packets are not lost), `stop` is
+    /// set, or `timeout` passes — serving the mailbox meanwhile, so flow
+    /// groups can move while there is no peer yet.
+    pub fn wait_for_link<H: Handler>(
+        &mut self,
+        handler: &mut H,
+        stop: &AtomicBool,
+        timeout: Duration,
+        mut link_up: impl FnMut(&mut Q) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !self.core.stop && !stop.load(Ordering::Relaxed) && !link_up(&mut self.queue) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            self.core.now = now;
+            if !self.outgoing.is_empty() || self.core.shared.has_mail(self.core.cfg.queue) {
+                self.serve_mail(handler, now);
+            }
+            // No traffic without a link: the next hand-over may settle.
+            for o in &mut self.outgoing {
+                o.drained = true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Runs the loop until the handler calls [`Core::stop`] or `stop` is
     /// set by another thread.
     pub fn run<H: Handler>(&mut self, handler: &mut H, stop: &AtomicBool) {

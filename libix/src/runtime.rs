@@ -622,6 +622,19 @@ macro_rules! each_queue {
     };
 }
 
+impl AnyQueue {
+    /// Whether the port's link is up (frames sent now reach a peer).
+    fn link_up(&mut self, port: &Port) -> bool {
+        match (self, port) {
+            (AnyQueue::Memif(q), _) => q.is_up(),
+            (AnyQueue::FaultyMemif(q), _) => q.inner_mut().is_up(),
+            #[cfg(feature = "dpdk")]
+            (AnyQueue::Dpdk(_) | AnyQueue::FaultyDpdk(_), Port::Dpdk(p)) => p.link_up(),
+            _ => true,
+        }
+    }
+}
+
 impl QueuePair for AnyQueue {
     #[inline]
     fn rx_burst(&mut self, out: &mut Vec<dataplane::buf::PktBuf>, max: usize) -> usize {
@@ -1186,22 +1199,11 @@ impl Dataplane {
     }
 }
 
-fn open_queue(
-    cfg: &Config,
-    port: &Port,
-    q: u16,
-    pool: Pool,
-    stop: &AtomicBool,
-) -> Result<AnyQueue, IxError> {
+/// Opens core `q`'s queue pair on `port` (the link may still be down: see
+/// [`AnyQueue::link_up`]).
+fn open_queue(cfg: &Config, port: &Port, q: u16, pool: Pool) -> Result<AnyQueue, IxError> {
     let queue = match port {
         Port::Memif(p) => {
-            let deadline = std::time::Instant::now() + cfg.link_timeout;
-            while !p.is_connected() {
-                if stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline {
-                    break;
-                }
-                let _ = p.wait_connected(Duration::from_millis(50));
-            }
             let memif_err = |source| IxError::Memif {
                 path: match &cfg.nic {
                     NicConfig::Memif(m) => m.socket_path.clone(),
@@ -1230,13 +1232,6 @@ fn open_queue(
         }
         #[cfg(feature = "dpdk")]
         Port::Dpdk(p) => {
-            let deadline = std::time::Instant::now() + cfg.link_timeout;
-            while !p.link_up() {
-                if stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline {
-                    break; // the stack runs; frames flow once the link is up
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
             let dq = p.queue(q, pool)?;
             match cfg.faults.clone() {
                 Some(f) => AnyQueue::FaultyDpdk(FaultyQueue::new(dq, f)?),
@@ -1286,7 +1281,7 @@ fn run_core<A: App>(
         None => Pool::new(q, cfg.pool_buffers, cfg.hugepages)
             .map_err(|source| IxError::Pool { core: q, source })?,
     };
-    let queue = open_queue(cfg, port, q, pool, stop)?;
+    let queue = open_queue(cfg, port, q, pool)?;
     if let Some(opened) = opened {
         // The receiver may have stopped waiting; nothing to do then.
         let _ = opened.send(());
@@ -1300,7 +1295,10 @@ fn run_core<A: App>(
     }
     let mut handler = Dispatch(app);
     // The loop publishes once more as it ends: the counters are final.
+    // The core serves its mailbox from here on, while it waits for the
+    // link (no peer on the wire yet) and then in its loop.
     life.looping.store(true, Ordering::Release);
+    thread.wait_for_link(&mut handler, stop, cfg.link_timeout, |q| q.link_up(port));
     thread.run(&mut handler, stop);
     let last = counters.snapshot();
     Ok(CoreReport {
