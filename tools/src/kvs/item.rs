@@ -19,6 +19,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use super::store::format_u64;
+
 /// Room for " <cas>": a space and up to 20 digits.
 const CAS_ROOM: usize = 21;
 
@@ -45,9 +47,17 @@ impl Item {
         let mut w = &mut header[..];
         // Cannot fail: "VALUE " + 255 + 2 numbers of at most 10 and 20
         // digits + 4 separators fit in 300 bytes.
+        // Numbers by hand: `write!` costs more than the rest of a store.
+        let mut digits = [0u8; 20];
         let _ = w.write_all(b"VALUE ");
         let _ = w.write_all(key);
-        let _ = write!(w, " {flags} {len}\r\n");
+        let _ = w.write_all(b" ");
+        let n = format_u64(u64::from(flags), &mut digits);
+        let _ = w.write_all(&digits[..n]);
+        let _ = w.write_all(b" ");
+        let n = format_u64(len as u64, &mut digits);
+        let _ = w.write_all(&digits[..n]);
+        let _ = w.write_all(b"\r\n");
         let hdr = 300 - w.len();
         let total = hdr + len + 2 + CAS_ROOM;
         // One allocation, written in place (a collected `RepeatN` has an
@@ -173,14 +183,13 @@ impl ItemBuilder {
     /// Writes the cas value and seals the item.
     pub fn finish(mut self, cas: u64) -> Item {
         let main = self.item.main_len();
-        let mut digits = [0u8; CAS_ROOM];
-        let mut w = &mut digits[..];
-        let _ = write!(w, " {cas}");
-        let n = CAS_ROOM - w.len();
+        let mut digits = [0u8; 20];
+        let n = format_u64(cas, &mut digits);
         if let Some(b) = Arc::get_mut(&mut self.item.bytes) {
-            b[main..main + n].copy_from_slice(&digits[..n]);
+            b[main] = b' ';
+            b[main + 1..main + 1 + n].copy_from_slice(&digits[..n]);
         }
-        self.item.cas_digits = (n - 1) as u8;
+        self.item.cas_digits = n as u8;
         self.item
     }
 }

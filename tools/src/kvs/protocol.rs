@@ -151,7 +151,23 @@ pub struct Keys<'a>(&'a [u8]);
 impl<'a> Keys<'a> {
     /// The keys in request order (duplicates included).
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.0.split(|&b| b == b' ').filter(|k| !k.is_empty())
+        KeyIter(self.0)
+    }
+}
+
+/// The space-separated words of a slice, empty ones skipped.
+struct KeyIter<'a>(&'a [u8]);
+
+impl<'a> Iterator for KeyIter<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let start = self.0.iter().position(|&b| b != b' ')?;
+        let rest = &self.0[start..];
+        let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+        self.0 = &rest[end..];
+        Some(&rest[..end])
     }
 }
 
@@ -331,9 +347,12 @@ impl Parser {
                     if input.is_empty() {
                         return None;
                     }
-                    let nl = input.iter().position(|&b| b == b'\n');
+                    let nl = memchr::memchr(b'\n', input);
                     let head = &input[..nl.unwrap_or(input.len())];
-                    if self.line.len() + head.len() > line_limit(&self.line, head) {
+                    let len = self.line.len() + head.len();
+                    // Every line may be `MAX_LINE` long: only a longer one
+                    // needs its command word looked at.
+                    if len > MAX_LINE && len > line_limit(&self.line, head) {
                         if let Some((keys_at, cas)) = get_prefix(&self.line, head) {
                             self.start_get_keys(input, keys_at, cas);
                             continue;
@@ -631,6 +650,20 @@ fn command(c: Command<'_>) -> (Event<'_>, State) {
 
 /// Parses one command line (without its line end).
 fn parse_line(line: &[u8], item_max: usize) -> (Event<'_>, State) {
+    // The command word first: `get` lines (most requests) and the commands
+    // without arguments need no tokenizing.
+    let Some(start) = line.iter().position(|&b| b != b' ') else {
+        return error(ProtocolError::UnknownCommand, false);
+    };
+    let rest = &line[start..];
+    let cmd_end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+    match &rest[..cmd_end] {
+        b"get" => return parse_get(&rest[cmd_end..], false),
+        b"gets" => return parse_get(&rest[cmd_end..], true),
+        b"version" => return command(Command::Version),
+        b"quit" => return (Event::Command(Command::Quit), State::Closed),
+        _ => {}
+    }
     let mut toks: [&[u8]; MAX_TOKENS] = [&[]; MAX_TOKENS];
     let mut n = 0;
     let mut too_many = false;
@@ -646,12 +679,8 @@ fn parse_line(line: &[u8], item_max: usize) -> (Event<'_>, State) {
         return error(ProtocolError::UnknownCommand, false);
     }
     let cmd = toks[0];
-    match cmd {
-        b"get" | b"gets" => return parse_get(line, cmd.len(), cmd == b"gets"),
-        b"version" => return command(Command::Version),
-        b"quit" => return (Event::Command(Command::Quit), State::Closed),
-        _ if too_many => return error(ProtocolError::UnknownCommand, false),
-        _ => {}
+    if too_many {
+        return error(ProtocolError::UnknownCommand, false);
     }
     let toks = &toks[..n];
     // memcached's set_noreply_maybe: the last token decides.
@@ -717,24 +746,73 @@ fn parse_line(line: &[u8], item_max: usize) -> (Event<'_>, State) {
     }
 }
 
-fn parse_get(line: &[u8], cmd_len: usize, cas: bool) -> (Event<'_>, State) {
-    let start = line.iter().position(|&b| b != b' ').unwrap_or(0) + cmd_len;
-    let keys = Keys(&line[start..]);
+/// Parses the keys of a `get`/`gets` line (what follows the command word).
+fn parse_get(keys: &[u8], cas: bool) -> (Event<'_>, State) {
+    // One pass over the bytes: every key valid (as `valid_key` checks), at
+    // least one. Eight bytes at a time while they hold only key characters.
+    let mut key_len = 0;
     let mut any = false;
-    for k in keys.iter() {
-        if !valid_key(k) {
+    let first = keys.iter().position(|&b| b != b' ').unwrap_or(keys.len());
+    let mut words = keys[first..].chunks_exact(8);
+    for word in &mut words {
+        // (A chunk is always 8 bytes; 0 would take the byte loop.)
+        let w = <[u8; 8]>::try_from(word).map_or(0, u64::from_le_bytes);
+        if !has_separator_or_control(w) {
+            key_len += 8;
+            any = true;
+            if key_len > MAX_KEY_LEN {
+                return error(ProtocolError::BadFormat, false);
+            }
+            continue;
+        }
+        for &b in word {
+            if !key_byte(b, &mut key_len, &mut any) {
+                return error(ProtocolError::BadFormat, false);
+            }
+        }
+    }
+    for &b in words.remainder() {
+        if !key_byte(b, &mut key_len, &mut any) {
             return error(ProtocolError::BadFormat, false);
         }
-        any = true;
     }
     if !any {
         return error(ProtocolError::UnknownCommand, false);
     }
     command(Command::Get {
-        keys,
+        keys: Keys(keys),
         cas,
         more: false,
     })
+}
+
+/// Whether any byte of the 8 in `w` is a space, a control character or
+/// DEL (SWAR: a byte below 0x21, or one equal to 0x7f, borrows into its top
+/// bit; the test is exact as to whether any byte matches).
+#[inline]
+fn has_separator_or_control(w: u64) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
+    let below = w.wrapping_sub(ONES * 0x21) & !w & TOPS;
+    let del = w ^ (ONES * 0x7f);
+    let del = del.wrapping_sub(ONES) & !del & TOPS;
+    below | del != 0
+}
+
+/// One byte of a `get` line's keys: a space ends a key; false if the byte
+/// makes the key invalid.
+#[inline]
+fn key_byte(b: u8, key_len: &mut usize, any: &mut bool) -> bool {
+    if b == b' ' {
+        *key_len = 0;
+        true
+    } else if b < b' ' || b == 0x7f || *key_len == MAX_KEY_LEN {
+        false
+    } else {
+        *key_len += 1;
+        *any = true;
+        true
+    }
 }
 
 fn parse_store<'a>(
@@ -1191,6 +1269,35 @@ mod tests {
             ],
             "nothing after quit is parsed"
         );
+    }
+
+    #[test]
+    fn the_word_at_a_time_key_check_agrees_with_valid_key() {
+        // Every byte value but the line end at every position of a word,
+        // then key lengths around the limit.
+        for b in (0..=255u8).filter(|&b| b != b'\n') {
+            for at in 0..8 {
+                let mut key = *b"abcdefghijklmnop";
+                key[at + 3] = b;
+                let line = [b"get ".as_slice(), &key].concat();
+                let got = parse(&[line.as_slice(), b"\r\n"].concat());
+                let keys: Vec<&[u8]> = key
+                    .split(|&c| c == b' ')
+                    .filter(|k| !k.is_empty())
+                    .collect();
+                let expected = if keys.iter().all(|k| valid_key(k)) {
+                    vec![Owned::Get(keys.iter().map(|k| k.to_vec()).collect(), false)]
+                } else {
+                    vec![err(ProtocolError::BadFormat)]
+                };
+                assert_eq!(got, expected, "byte {b:#x} at {at}");
+            }
+        }
+        for len in 240..260 {
+            let line = format!("get {}\r\n", "k".repeat(len));
+            let ok = parse(line.as_bytes()) != vec![err(ProtocolError::BadFormat)];
+            assert_eq!(ok, len <= MAX_KEY_LEN, "key of {len} bytes");
+        }
     }
 
     #[test]

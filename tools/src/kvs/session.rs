@@ -103,6 +103,11 @@ impl Session {
 
     /// The transport took the first `n` bytes of [`Session::replies`].
     pub fn consume(&mut self, mut n: usize) {
+        if n >= self.state.out_bytes {
+            self.state.out.clear();
+            self.state.out_bytes = 0;
+            return;
+        }
         let out = &mut self.state.out;
         n = n.min(self.state.out_bytes);
         self.state.out_bytes -= n;
