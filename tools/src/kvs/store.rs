@@ -25,6 +25,13 @@
 //! degrades, never fails, unless one item alone exceeds a shard's part
 //! (`SERVER_ERROR out of memory storing object`).
 //!
+//! LRU order is memcached's, not exact: a hit (or `touch`, or a failed
+//! `add`) moves an item to the head only if it was last moved there more
+//! than [`BUMP_INTERVAL`] (60 s, memcached's `ITEM_UPDATE_INTERVAL`) ago.
+//! A hot item is therefore re-linked at most once a minute, and a hit
+//! writes nothing but the item's own entry, instead of its neighbours' and
+//! the old head's (cache lines that another core may hold).
+//!
 //! Expiry is lazy: an item found expired (or flushed by `flush_all`) on
 //! access is removed then; each store also reclaims up to two expired
 //! items from the LRU tail.
@@ -55,6 +62,10 @@ const NIL: u32 = u32::MAX;
 
 /// Most shards.
 const MAX_SHARDS: usize = 64;
+
+/// Seconds an item stays where it is in the LRU after it was last moved
+/// to the head (memcached's `ITEM_UPDATE_INTERVAL`).
+pub const BUMP_INTERVAL: RelTime = 60;
 
 /// Expired items a store reclaims from the LRU tail, at most.
 const RECLAIM_PER_STORE: usize = 2;
@@ -136,6 +147,8 @@ pub struct Entry {
     exptime: RelTime,
     /// When it was last stored (for delayed `flush_all`).
     time: RelTime,
+    /// When it was last moved to the LRU head.
+    bumped: RelTime,
     prev: u32,
     next: u32,
 }
@@ -244,7 +257,14 @@ impl Shard {
         self.head = i;
     }
 
-    fn bump(&mut self, i: u32) {
+    /// Moves slot `i` to the LRU head at relative time `now`, unless it
+    /// was moved there within the last [`BUMP_INTERVAL`].
+    fn bump(&mut self, i: u32, now: RelTime) {
+        let Some(e) = self.entry_mut(i) else { return };
+        if e.bumped.saturating_add(BUMP_INTERVAL) >= now {
+            return;
+        }
+        e.bumped = now;
         if self.head != i {
             self.detach(i);
             self.attach_head(i);
@@ -405,7 +425,7 @@ impl Store {
         let now = self.now(now);
         let mut s = self.shard(hash);
         let i = s.lookup(hash, key, now)?;
-        s.bump(i);
+        s.bump(i, now.now);
         s.entry(i).map(|e| e.item.clone())
     }
 
@@ -430,7 +450,7 @@ impl Store {
                 (new, exptime)
             }
             (StoreOp::Add, Some(i)) => {
-                s.bump(i);
+                s.bump(i, now.now);
                 return StoreResult::NotStored;
             }
             (StoreOp::Replace | StoreOp::Append | StoreOp::Prepend, None) => {
@@ -477,6 +497,7 @@ impl Store {
             cas,
             exptime,
             time: now.now,
+            bumped: now.now,
             prev: NIL,
             next: NIL,
         });
@@ -527,7 +548,7 @@ impl Store {
         if let Some(e) = s.entry_mut(i) {
             e.exptime = exptime;
         }
-        s.bump(i);
+        s.bump(i, now.now);
         true
     }
 
@@ -570,6 +591,7 @@ impl Store {
             cas,
             exptime,
             time: now.now,
+            bumped: now.now,
             prev: NIL,
             next: NIL,
         });
@@ -789,7 +811,10 @@ mod tests {
             set(&s, &format!("k{i:03}"), &"x".repeat(1000), 10);
         }
         assert_eq!(s.stats().evictions, 0);
-        assert!(s.get(b"k000", 10).is_some(), "k000 is now the most recent");
+        assert!(
+            s.get(b"k000", 10 + BUMP_INTERVAL + 1).is_some(),
+            "k000 is now the most recent"
+        );
         set(&s, "k010", &"x".repeat(1000), 10);
         assert!(s.get(b"k001", 10).is_none(), "k001 was the least recent");
         assert!(s.get(b"k000", 10).is_some());
@@ -801,6 +826,28 @@ mod tests {
             assert!(s.stats().bytes <= st.limit_maxbytes);
         }
         assert_eq!(s.stats().curr_items, 10);
+    }
+
+    #[test]
+    fn an_item_moved_to_the_lru_head_stays_put_for_the_bump_interval() {
+        let item_size = builder("k0", 0, &"x".repeat(1000)).size() + ENTRY_OVERHEAD;
+        let s = Store::new(StoreConfig {
+            limit_bytes: 3 * item_size,
+            item_max: 2000,
+            shards: 1,
+        });
+        for k in ["k0", "k1", "k2"] {
+            set(&s, k, &"x".repeat(1000), 10);
+        }
+        // Within the interval a hit leaves the order (k0 oldest) as it is.
+        assert!(s.get(b"k0", 10 + BUMP_INTERVAL).is_some());
+        set(&s, "k3", &"x".repeat(1000), 10 + BUMP_INTERVAL);
+        assert!(value(&s, "k0", 10 + BUMP_INTERVAL).is_none(), "k0 evicted");
+        // Past it, a hit moves the item to the head: k1 goes next, not k2.
+        assert!(s.get(b"k2", 11 + BUMP_INTERVAL).is_some());
+        set(&s, "k4", &"x".repeat(1000), 11 + BUMP_INTERVAL);
+        assert!(value(&s, "k1", 11 + BUMP_INTERVAL).is_none(), "k1 evicted");
+        assert!(value(&s, "k2", 11 + BUMP_INTERVAL).is_some(), "k2 kept");
     }
 
     #[test]
