@@ -165,7 +165,7 @@ impl<'a> Iterator for KeyIter<'a> {
     fn next(&mut self) -> Option<&'a [u8]> {
         let start = self.0.iter().position(|&b| b != b' ')?;
         let rest = &self.0[start..];
-        let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+        let end = find_byte(b' ', rest).unwrap_or(rest.len());
         self.0 = &rest[end..];
         Some(&rest[..end])
     }
