@@ -155,7 +155,8 @@ impl<'a> Keys<'a> {
     }
 }
 
-/// The space-separated words of a slice, empty ones skipped.
+/// The space-separated words of a slice, empty ones skipped (a command
+/// line's tokens, a `get` line's keys).
 struct KeyIter<'a>(&'a [u8]);
 
 impl<'a> Iterator for KeyIter<'a> {
@@ -637,7 +638,13 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 /// Whether `key` may be stored: 1..=250 bytes, no control characters or
 /// spaces.
 pub fn valid_key(key: &[u8]) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.iter().all(|&b| b > b' ' && b != 0x7f)
+    let (words, tail) = key.as_chunks::<8>();
+    !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && words
+            .iter()
+            .all(|w| !has_separator_or_control(u64::from_le_bytes(*w)))
+        && tail.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 
 fn error(error: ProtocolError, noreply: bool) -> (Event<'static>, State) {
@@ -667,7 +674,7 @@ fn parse_line(line: &[u8], item_max: usize) -> (Event<'_>, State) {
     let mut toks: [&[u8]; MAX_TOKENS] = [&[]; MAX_TOKENS];
     let mut n = 0;
     let mut too_many = false;
-    for t in line.split(|&b| b == b' ').filter(|t| !t.is_empty()) {
+    for t in KeyIter(line) {
         if n == MAX_TOKENS {
             too_many = true;
             break;
@@ -1316,9 +1323,13 @@ mod tests {
     }
 
     #[test]
-    fn the_word_at_a_time_key_check_agrees_with_valid_key() {
+    fn the_word_at_a_time_key_checks_agree_with_a_byte_by_byte_check() {
+        // protocol.txt: no control characters or whitespace, 1..=250 bytes.
+        let reference = |k: &[u8]| {
+            !k.is_empty() && k.len() <= MAX_KEY_LEN && k.iter().all(|&b| b > b' ' && b != 0x7f)
+        };
         // Every byte value but the line end at every position of a word,
-        // then key lengths around the limit.
+        // in a `get` line and alone; then key lengths around the limit.
         for b in (0..=255u8).filter(|&b| b != b'\n') {
             for at in 0..8 {
                 let mut key = *b"abcdefghijklmnop";
@@ -1329,19 +1340,23 @@ mod tests {
                     .split(|&c| c == b' ')
                     .filter(|k| !k.is_empty())
                     .collect();
-                let expected = if keys.iter().all(|k| valid_key(k)) {
+                let expected = if keys.iter().all(|k| reference(k)) {
                     vec![Owned::Get(keys.iter().map(|k| k.to_vec()).collect(), false)]
                 } else {
                     vec![err(ProtocolError::BadFormat)]
                 };
                 assert_eq!(got, expected, "byte {b:#x} at {at}");
+                assert_eq!(valid_key(&key), reference(&key), "byte {b:#x} at {at}");
             }
         }
         for len in 240..260 {
-            let line = format!("get {}\r\n", "k".repeat(len));
+            let key = "k".repeat(len);
+            let line = format!("get {key}\r\n");
             let ok = parse(line.as_bytes()) != vec![err(ProtocolError::BadFormat)];
             assert_eq!(ok, len <= MAX_KEY_LEN, "key of {len} bytes");
+            assert_eq!(valid_key(key.as_bytes()), len <= MAX_KEY_LEN);
         }
+        assert!(!valid_key(b""));
     }
 
     #[test]
