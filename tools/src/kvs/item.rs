@@ -3,14 +3,16 @@
 //! A stored item is one immutable `Arc<[u8]>` shared by every core:
 //!
 //! ```text
-//! VALUE <key> <flags> <bytes>\r\n<data>\r\n<space><cas digits><padding>
-//! |------------ header ---------|         |
-//! |------------------ get reply ----------|-- cas suffix (21 bytes) --|
+//! <space><cas digits><padding>VALUE <key> <flags> <bytes>\r\n<data>\r\n
+//!                             |------------ header ---------|
+//! |-- cas field (21 bytes) --|------------------ get reply ------------|
 //! ```
 //!
 //! A `get` hit is therefore one zero-copy slice of the item (plus the
 //! final `END\r\n`), and a `gets` hit three slices: the header without its
-//! `\r\n`, the cas suffix, and the rest. Nothing is formatted or copied per
+//! `\r\n`, the cas field, and the rest. The `get` reply runs to the end of
+//! the item, so it is the item's buffer with its front dropped: no second
+//! reference is taken (and dropped) to cut it out. Nothing is formatted or copied per
 //! request. The cas suffix is written once, when the store assigns the cas
 //! value, while the item is still unshared; every change to an item builds
 //! a new one (the bytes are immutable once stored, so a reply in flight
@@ -19,8 +21,13 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use super::store::format_u64;
+
 /// Room for " <cas>": a space and up to 20 digits.
 const CAS_ROOM: usize = 21;
+
+/// Where the `get` reply starts: after the cas field.
+const MAIN: usize = CAS_ROOM;
 
 /// An item's bytes and where its parts lie.
 #[derive(Debug, Clone)]
@@ -45,17 +52,25 @@ impl Item {
         let mut w = &mut header[..];
         // Cannot fail: "VALUE " + 255 + 2 numbers of at most 10 and 20
         // digits + 4 separators fit in 300 bytes.
+        // Numbers by hand: `write!` costs more than the rest of a store.
+        let mut digits = [0u8; 20];
         let _ = w.write_all(b"VALUE ");
         let _ = w.write_all(key);
-        let _ = write!(w, " {flags} {len}\r\n");
+        let _ = w.write_all(b" ");
+        let n = format_u64(u64::from(flags), &mut digits);
+        let _ = w.write_all(&digits[..n]);
+        let _ = w.write_all(b" ");
+        let n = format_u64(len as u64, &mut digits);
+        let _ = w.write_all(&digits[..n]);
+        let _ = w.write_all(b"\r\n");
         let hdr = 300 - w.len();
         let total = hdr + len + 2 + CAS_ROOM;
         // One allocation, written in place (a collected `RepeatN` has an
         // exact length, so the `Arc` is allocated once at its final size).
         let mut bytes: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
         if let Some(b) = Arc::get_mut(&mut bytes) {
-            b[..hdr].copy_from_slice(&header[..hdr]);
-            b[hdr + len..hdr + len + 2].copy_from_slice(b"\r\n");
+            b[MAIN..MAIN + hdr].copy_from_slice(&header[..hdr]);
+            b[MAIN + hdr + len..].copy_from_slice(b"\r\n");
         }
         ItemBuilder {
             item: Item {
@@ -72,13 +87,13 @@ impl Item {
     /// The key.
     #[inline]
     pub fn key(&self) -> &[u8] {
-        &self.bytes[6..6 + self.klen as usize]
+        &self.bytes[MAIN + 6..MAIN + 6 + self.klen as usize]
     }
 
     /// The value.
     #[inline]
     pub fn data(&self) -> &[u8] {
-        let h = self.hdr as usize;
+        let h = MAIN + self.hdr as usize;
         &self.bytes[h..h + self.dlen as usize]
     }
 
@@ -106,10 +121,11 @@ impl Item {
         self.bytes.len()
     }
 
-    /// `(offset, len)` of the `get` reply: header, value, `\r\n`.
+    /// `(offset, len)` of the `get` reply: header, value, `\r\n`; it ends
+    /// where the item does.
     #[inline]
     pub fn get_reply(&self) -> (usize, usize) {
-        (0, self.main_len())
+        (MAIN, self.main_len())
     }
 
     /// `(offset, len)` of the three slices of the `gets` reply: header up
@@ -118,7 +134,11 @@ impl Item {
     pub fn gets_reply(&self) -> [(usize, usize); 3] {
         let h = self.hdr as usize - 2;
         let main = self.main_len();
-        [(0, h), (main, 1 + self.cas_digits as usize), (h, main - h)]
+        [
+            (MAIN, h),
+            (0, 1 + self.cas_digits as usize),
+            (MAIN + h, main - h),
+        ]
     }
 
     #[inline]
@@ -136,7 +156,7 @@ pub struct ItemBuilder {
 impl ItemBuilder {
     /// The value, to fill.
     pub fn data_mut(&mut self) -> &mut [u8] {
-        let h = self.item.hdr as usize;
+        let h = MAIN + self.item.hdr as usize;
         let len = self.item.dlen as usize;
         match Arc::get_mut(&mut self.item.bytes) {
             Some(b) => &mut b[h..h + len],
@@ -172,15 +192,13 @@ impl ItemBuilder {
 
     /// Writes the cas value and seals the item.
     pub fn finish(mut self, cas: u64) -> Item {
-        let main = self.item.main_len();
-        let mut digits = [0u8; CAS_ROOM];
-        let mut w = &mut digits[..];
-        let _ = write!(w, " {cas}");
-        let n = CAS_ROOM - w.len();
+        let mut digits = [0u8; 20];
+        let n = format_u64(cas, &mut digits);
         if let Some(b) = Arc::get_mut(&mut self.item.bytes) {
-            b[main..main + n].copy_from_slice(&digits[..n]);
+            b[0] = b' ';
+            b[1..1 + n].copy_from_slice(&digits[..n]);
         }
-        self.item.cas_digits = (n - 1) as u8;
+        self.item.cas_digits = n as u8;
         self.item
     }
 }

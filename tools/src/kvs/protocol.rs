@@ -151,7 +151,24 @@ pub struct Keys<'a>(&'a [u8]);
 impl<'a> Keys<'a> {
     /// The keys in request order (duplicates included).
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.0.split(|&b| b == b' ').filter(|k| !k.is_empty())
+        KeyIter(self.0)
+    }
+}
+
+/// The space-separated words of a slice, empty ones skipped (a command
+/// line's tokens, a `get` line's keys).
+struct KeyIter<'a>(&'a [u8]);
+
+impl<'a> Iterator for KeyIter<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let start = self.0.iter().position(|&b| b != b' ')?;
+        let rest = &self.0[start..];
+        let end = find_byte(b' ', rest).unwrap_or(rest.len());
+        self.0 = &rest[end..];
+        Some(&rest[..end])
     }
 }
 
@@ -331,9 +348,12 @@ impl Parser {
                     if input.is_empty() {
                         return None;
                     }
-                    let nl = input.iter().position(|&b| b == b'\n');
+                    let nl = find_byte(b'\n', input);
                     let head = &input[..nl.unwrap_or(input.len())];
-                    if self.line.len() + head.len() > line_limit(&self.line, head) {
+                    let len = self.line.len() + head.len();
+                    // Every line may be `MAX_LINE` long: only a longer one
+                    // needs its command word looked at.
+                    if len > MAX_LINE && len > line_limit(&self.line, head) {
                         if let Some((keys_at, cas)) = get_prefix(&self.line, head) {
                             self.start_get_keys(input, keys_at, cas);
                             continue;
@@ -618,7 +638,13 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 /// Whether `key` may be stored: 1..=250 bytes, no control characters or
 /// spaces.
 pub fn valid_key(key: &[u8]) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.iter().all(|&b| b > b' ' && b != 0x7f)
+    let (words, tail) = key.as_chunks::<8>();
+    !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && words
+            .iter()
+            .all(|w| !has_separator_or_control(u64::from_le_bytes(*w)))
+        && tail.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 
 fn error(error: ProtocolError, noreply: bool) -> (Event<'static>, State) {
@@ -631,10 +657,24 @@ fn command(c: Command<'_>) -> (Event<'_>, State) {
 
 /// Parses one command line (without its line end).
 fn parse_line(line: &[u8], item_max: usize) -> (Event<'_>, State) {
+    // The command word first: `get` lines (most requests) and the commands
+    // without arguments need no tokenizing.
+    let Some(start) = line.iter().position(|&b| b != b' ') else {
+        return error(ProtocolError::UnknownCommand, false);
+    };
+    let rest = &line[start..];
+    let cmd_end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+    match &rest[..cmd_end] {
+        b"get" => return parse_get(&rest[cmd_end..], false),
+        b"gets" => return parse_get(&rest[cmd_end..], true),
+        b"version" => return command(Command::Version),
+        b"quit" => return (Event::Command(Command::Quit), State::Closed),
+        _ => {}
+    }
     let mut toks: [&[u8]; MAX_TOKENS] = [&[]; MAX_TOKENS];
     let mut n = 0;
     let mut too_many = false;
-    for t in line.split(|&b| b == b' ').filter(|t| !t.is_empty()) {
+    for t in KeyIter(line) {
         if n == MAX_TOKENS {
             too_many = true;
             break;
@@ -646,12 +686,8 @@ fn parse_line(line: &[u8], item_max: usize) -> (Event<'_>, State) {
         return error(ProtocolError::UnknownCommand, false);
     }
     let cmd = toks[0];
-    match cmd {
-        b"get" | b"gets" => return parse_get(line, cmd.len(), cmd == b"gets"),
-        b"version" => return command(Command::Version),
-        b"quit" => return (Event::Command(Command::Quit), State::Closed),
-        _ if too_many => return error(ProtocolError::UnknownCommand, false),
-        _ => {}
+    if too_many {
+        return error(ProtocolError::UnknownCommand, false);
     }
     let toks = &toks[..n];
     // memcached's set_noreply_maybe: the last token decides.
@@ -717,24 +753,91 @@ fn parse_line(line: &[u8], item_max: usize) -> (Event<'_>, State) {
     }
 }
 
-fn parse_get(line: &[u8], cmd_len: usize, cas: bool) -> (Event<'_>, State) {
-    let start = line.iter().position(|&b| b != b' ').unwrap_or(0) + cmd_len;
-    let keys = Keys(&line[start..]);
+/// Parses the keys of a `get`/`gets` line (what follows the command word).
+fn parse_get(keys: &[u8], cas: bool) -> (Event<'_>, State) {
+    // One pass over the bytes: every key valid (as `valid_key` checks), at
+    // least one. Eight bytes at a time while they hold only key characters.
+    let mut key_len = 0;
     let mut any = false;
-    for k in keys.iter() {
-        if !valid_key(k) {
+    let first = keys.iter().position(|&b| b != b' ').unwrap_or(keys.len());
+    let (words, tail) = keys[first..].as_chunks::<8>();
+    for word in words {
+        if !has_separator_or_control(u64::from_le_bytes(*word)) {
+            key_len += 8;
+            any = true;
+            if key_len > MAX_KEY_LEN {
+                return error(ProtocolError::BadFormat, false);
+            }
+            continue;
+        }
+        for &b in word {
+            if !key_byte(b, &mut key_len, &mut any) {
+                return error(ProtocolError::BadFormat, false);
+            }
+        }
+    }
+    for &b in tail {
+        if !key_byte(b, &mut key_len, &mut any) {
             return error(ProtocolError::BadFormat, false);
         }
-        any = true;
     }
     if !any {
         return error(ProtocolError::UnknownCommand, false);
     }
     command(Command::Get {
-        keys,
+        keys: Keys(keys),
         cas,
         more: false,
     })
+}
+
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// The index of the first `needle` in `haystack`, eight bytes at a time
+/// (request lines are short: this beats a vectorized search's set-up).
+#[inline]
+fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
+    let pattern = ONES * u64::from(needle);
+    let (words, tail) = haystack.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        // A byte equal to the needle is zero here; the lowest byte whose
+        // top bit is then set is exactly the first zero byte.
+        let w = u64::from_le_bytes(*word) ^ pattern;
+        let zero = w.wrapping_sub(ONES) & !w & TOPS;
+        if zero != 0 {
+            return Some(i * 8 + (zero.trailing_zeros() / 8) as usize);
+        }
+    }
+    let at = words.len() * 8;
+    tail.iter().position(|&b| b == needle).map(|i| at + i)
+}
+
+/// Whether any byte of the 8 in `w` is a space, a control character or
+/// DEL (SWAR: a byte below 0x21, or one equal to 0x7f, borrows into its top
+/// bit; the test is exact as to whether any byte matches).
+#[inline]
+fn has_separator_or_control(w: u64) -> bool {
+    let below = w.wrapping_sub(ONES * 0x21) & !w & TOPS;
+    let del = w ^ (ONES * 0x7f);
+    let del = del.wrapping_sub(ONES) & !del & TOPS;
+    below | del != 0
+}
+
+/// One byte of a `get` line's keys: a space ends a key; false if the byte
+/// makes the key invalid.
+#[inline]
+fn key_byte(b: u8, key_len: &mut usize, any: &mut bool) -> bool {
+    if b == b' ' {
+        *key_len = 0;
+        true
+    } else if b < b' ' || b == 0x7f || *key_len == MAX_KEY_LEN {
+        false
+    } else {
+        *key_len += 1;
+        *any = true;
+        true
+    }
 }
 
 fn parse_store<'a>(
@@ -1191,6 +1294,69 @@ mod tests {
             ],
             "nothing after quit is parsed"
         );
+    }
+
+    #[test]
+    fn the_word_at_a_time_byte_search_finds_the_first_match() {
+        let mut hay = [b'a'; 40];
+        for len in 0..hay.len() {
+            assert_eq!(find_byte(b'\n', &hay[..len]), None);
+        }
+        for first in 0..hay.len() {
+            hay = [b'a'; 40];
+            hay[first] = b'\n';
+            // Bytes that borrow in the subtraction (0x00, 0x01 after the
+            // xor) right after the match must not move it.
+            if first + 1 < hay.len() {
+                hay[first + 1] = b'\n' ^ 1;
+            }
+            hay[hay.len() - 1] = b'\n';
+            for len in first + 1..=hay.len() {
+                assert_eq!(
+                    find_byte(b'\n', &hay[..len]),
+                    Some(first),
+                    "at {first} of {len}"
+                );
+            }
+            assert_eq!(find_byte(0x8a, &hay), None, "a top-bit twin is no match");
+        }
+    }
+
+    #[test]
+    fn the_word_at_a_time_key_checks_agree_with_a_byte_by_byte_check() {
+        // protocol.txt: no control characters or whitespace, 1..=250 bytes.
+        let reference = |k: &[u8]| {
+            !k.is_empty() && k.len() <= MAX_KEY_LEN && k.iter().all(|&b| b > b' ' && b != 0x7f)
+        };
+        // Every byte value but the line end at every position of a word,
+        // in a `get` line and alone; then key lengths around the limit.
+        for b in (0..=255u8).filter(|&b| b != b'\n') {
+            for at in 0..8 {
+                let mut key = *b"abcdefghijklmnop";
+                key[at + 3] = b;
+                let line = [b"get ".as_slice(), &key].concat();
+                let got = parse(&[line.as_slice(), b"\r\n"].concat());
+                let keys: Vec<&[u8]> = key
+                    .split(|&c| c == b' ')
+                    .filter(|k| !k.is_empty())
+                    .collect();
+                let expected = if keys.iter().all(|k| reference(k)) {
+                    vec![Owned::Get(keys.iter().map(|k| k.to_vec()).collect(), false)]
+                } else {
+                    vec![err(ProtocolError::BadFormat)]
+                };
+                assert_eq!(got, expected, "byte {b:#x} at {at}");
+                assert_eq!(valid_key(&key), reference(&key), "byte {b:#x} at {at}");
+            }
+        }
+        for len in 240..260 {
+            let key = "k".repeat(len);
+            let line = format!("get {key}\r\n");
+            let ok = parse(line.as_bytes()) != vec![err(ProtocolError::BadFormat)];
+            assert_eq!(ok, len <= MAX_KEY_LEN, "key of {len} bytes");
+            assert_eq!(valid_key(key.as_bytes()), len <= MAX_KEY_LEN);
+        }
+        assert!(!valid_key(b""));
     }
 
     #[test]

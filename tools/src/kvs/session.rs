@@ -113,6 +113,11 @@ impl Session {
 
     /// The transport took the first `n` bytes of [`Session::replies`].
     pub fn consume(&mut self, mut n: usize) {
+        if n >= self.state.out_bytes {
+            self.state.out.clear();
+            self.state.out_bytes = 0;
+            return;
+        }
         let out = &mut self.state.out;
         n = n.min(self.state.out_bytes);
         self.state.out_bytes -= n;
@@ -203,8 +208,16 @@ impl Output {
                 self.push(bytes.slice(off, len));
             }
         } else {
+            // The reply is the item's tail: drop the front of the one
+            // reference the store handed out.
             let (off, len) = item.get_reply();
-            self.push(TxBuf::from_arc(item.into_bytes()).slice(off, len));
+            let mut buf = TxBuf::from_arc(item.into_bytes());
+            if off + len == buf.len() {
+                buf.advance(off);
+            } else {
+                buf = buf.slice(off, len);
+            }
+            self.push(buf);
         }
     }
 
@@ -490,9 +503,10 @@ mod tests {
         s.feed(b"get k\r\n", &kvs, 0, 10);
         let item = kvs.store().get(b"k", 10).unwrap();
         let first = &s.replies()[0];
+        let (off, _) = item.get_reply();
         assert!(std::ptr::eq(
             first.as_slice().as_ptr(),
-            item.bytes().as_ptr()
+            item.bytes()[off..].as_ptr()
         ));
         assert_eq!(s.replies().len(), 2, "one slice for the item, one for END");
     }

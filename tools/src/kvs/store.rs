@@ -1,9 +1,18 @@
 //! The item store shared by every core of the server.
 //!
-//! Keys are spread over N shards by a keyed hash (SipHash-1-3 with a
-//! random key, so clients cannot aim collisions at one bucket); each shard
-//! is a `Mutex` over an open-addressing table of slot indices, a slab of
-//! entries, and an LRU list threaded through the slab. A lock is held for
+//! Keys are spread over N shards by a keyed hash; each shard is a `Mutex`
+//! over an open-addressing table of slot indices, a slab of entries, and
+//! an LRU list threaded through the slab. One hash per operation picks
+//! both the shard (bits 32 and up) and the bucket in it.
+//!
+//! The hash is foldhash (its `fast` variant, as hashbrown's default), not
+//! std's SipHash-1-3: keys come from the network, so the hasher is seeded
+//! at random per process (and per store), and a client that does not know
+//! the seed cannot aim collisions at one bucket. foldhash is built to be
+//! fast on short keys and "minimally DoS resistant" with a random seed,
+//! not cryptographically strong as SipHash is: a client able to observe
+//! timing over many requests is a risk we accept for the ~200 instructions
+//! per request it saves (`scripts/kvs-cost.sh`). A lock is held for
 //! one lookup or update and never across a reply: a hit hands out a clone
 //! of the item's `Arc` (see [`super::item`]), which the transport
 //! references until the peer has the bytes.
@@ -15,6 +24,13 @@
 //! expired items found there are `reclaimed` instead), so a full store
 //! degrades, never fails, unless one item alone exceeds a shard's part
 //! (`SERVER_ERROR out of memory storing object`).
+//!
+//! LRU order is memcached's, not exact: a hit (or `touch`, or a failed
+//! `add`) moves an item to the head only if it was last moved there more
+//! than [`BUMP_INTERVAL`] (60 s, memcached's `ITEM_UPDATE_INTERVAL`) ago.
+//! A hot item is therefore re-linked at most once a minute, and a hit
+//! writes nothing but the item's own entry, instead of its neighbours' and
+//! the old head's (cache lines that another core may hold).
 //!
 //! Expiry is lazy: an item found expired (or flushed by `flush_all`) on
 //! access is removed then; each store also reclaims up to two expired
@@ -28,7 +44,7 @@
 //! visible quirk), else grow it; `append`/`prepend` keep flags and expiry
 //! and fail with `NOT_STORED` past the item size limit.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -46,6 +62,10 @@ const NIL: u32 = u32::MAX;
 
 /// Most shards.
 const MAX_SHARDS: usize = 64;
+
+/// Seconds an item stays where it is in the LRU after it was last moved
+/// to the head (memcached's `ITEM_UPDATE_INTERVAL`).
+pub const BUMP_INTERVAL: RelTime = 60;
 
 /// Expired items a store reclaims from the LRU tail, at most.
 const RECLAIM_PER_STORE: usize = 2;
@@ -127,6 +147,8 @@ pub struct Entry {
     exptime: RelTime,
     /// When it was last stored (for delayed `flush_all`).
     time: RelTime,
+    /// When it was last moved to the LRU head.
+    bumped: RelTime,
     prev: u32,
     next: u32,
 }
@@ -235,7 +257,14 @@ impl Shard {
         self.head = i;
     }
 
-    fn bump(&mut self, i: u32) {
+    /// Moves slot `i` to the LRU head at relative time `now`, unless it
+    /// was moved there within the last [`BUMP_INTERVAL`].
+    fn bump(&mut self, i: u32, now: RelTime) {
+        let Some(e) = self.entry_mut(i) else { return };
+        if e.bumped.saturating_add(BUMP_INTERVAL) >= now {
+            return;
+        }
+        e.bumped = now;
         if self.head != i {
             self.detach(i);
             self.attach_head(i);
@@ -322,7 +351,7 @@ impl Shard {
 #[derive(Debug)]
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: foldhash::fast::RandomState,
     /// The last cas value handed out.
     cas: AtomicU64,
     oldest_live: AtomicU32,
@@ -346,7 +375,7 @@ impl Store {
             shards: (0..shards)
                 .map(|_| Mutex::new(Shard::new(limit / shards)))
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             cas: AtomicU64::new(0),
             oldest_live: AtomicU32::new(0),
             limit,
@@ -396,7 +425,7 @@ impl Store {
         let now = self.now(now);
         let mut s = self.shard(hash);
         let i = s.lookup(hash, key, now)?;
-        s.bump(i);
+        s.bump(i, now.now);
         s.entry(i).map(|e| e.item.clone())
     }
 
@@ -421,7 +450,7 @@ impl Store {
                 (new, exptime)
             }
             (StoreOp::Add, Some(i)) => {
-                s.bump(i);
+                s.bump(i, now.now);
                 return StoreResult::NotStored;
             }
             (StoreOp::Replace | StoreOp::Append | StoreOp::Prepend, None) => {
@@ -468,6 +497,7 @@ impl Store {
             cas,
             exptime,
             time: now.now,
+            bumped: now.now,
             prev: NIL,
             next: NIL,
         });
@@ -518,7 +548,7 @@ impl Store {
         if let Some(e) = s.entry_mut(i) {
             e.exptime = exptime;
         }
-        s.bump(i);
+        s.bump(i, now.now);
         true
     }
 
@@ -561,6 +591,7 @@ impl Store {
             cas,
             exptime,
             time: now.now,
+            bumped: now.now,
             prev: NIL,
             next: NIL,
         });
@@ -780,7 +811,10 @@ mod tests {
             set(&s, &format!("k{i:03}"), &"x".repeat(1000), 10);
         }
         assert_eq!(s.stats().evictions, 0);
-        assert!(s.get(b"k000", 10).is_some(), "k000 is now the most recent");
+        assert!(
+            s.get(b"k000", 10 + BUMP_INTERVAL + 1).is_some(),
+            "k000 is now the most recent"
+        );
         set(&s, "k010", &"x".repeat(1000), 10);
         assert!(s.get(b"k001", 10).is_none(), "k001 was the least recent");
         assert!(s.get(b"k000", 10).is_some());
@@ -792,6 +826,28 @@ mod tests {
             assert!(s.stats().bytes <= st.limit_maxbytes);
         }
         assert_eq!(s.stats().curr_items, 10);
+    }
+
+    #[test]
+    fn an_item_moved_to_the_lru_head_stays_put_for_the_bump_interval() {
+        let item_size = builder("k0", 0, &"x".repeat(1000)).size() + ENTRY_OVERHEAD;
+        let s = Store::new(StoreConfig {
+            limit_bytes: 3 * item_size,
+            item_max: 2000,
+            shards: 1,
+        });
+        for k in ["k0", "k1", "k2"] {
+            set(&s, k, &"x".repeat(1000), 10);
+        }
+        // Within the interval a hit leaves the order (k0 oldest) as it is.
+        assert!(s.get(b"k0", 10 + BUMP_INTERVAL).is_some());
+        set(&s, "k3", &"x".repeat(1000), 10 + BUMP_INTERVAL);
+        assert!(value(&s, "k0", 10 + BUMP_INTERVAL).is_none(), "k0 evicted");
+        // Past it, a hit moves the item to the head: k1 goes next, not k2.
+        assert!(s.get(b"k2", 11 + BUMP_INTERVAL).is_some());
+        set(&s, "k4", &"x".repeat(1000), 11 + BUMP_INTERVAL);
+        assert!(value(&s, "k1", 11 + BUMP_INTERVAL).is_none(), "k1 evicted");
+        assert!(value(&s, "k2", 11 + BUMP_INTERVAL).is_some(), "k2 kept");
     }
 
     #[test]
