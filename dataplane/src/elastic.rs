@@ -465,6 +465,61 @@ struct Held {
     segment: PktBuf,
 }
 
+/// The connection a TCP segment (header first) from `src` to `dst`
+/// belongs to, from our side.
+fn segment_tuple(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> Option<FourTuple> {
+    let (sp, dp) = (segment.get(0..2)?, segment.get(2..4)?);
+    Some(FourTuple {
+        local: SocketAddrV4::new(dst, u16::from_be_bytes([dp[0], dp[1]])),
+        remote: SocketAddrV4::new(src, u16::from_be_bytes([sp[0], sp[1]])),
+    })
+}
+
+/// Keeps a segment of a group moving to this core until the move settles
+/// (dropped and counted beyond [`MAX_HELD`]).
+fn hold(
+    held: &mut Vec<Held>,
+    stats: &mut MigrationStats,
+    group: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    segment: PktBuf,
+) {
+    if held.len() < MAX_HELD {
+        stats.held += 1;
+        held.push(Held {
+            group: group as u16,
+            src,
+            dst,
+            segment,
+        });
+    } else {
+        stats.held_dropped += 1;
+    }
+}
+
+/// Holds `segment` if its flow group is moving to `core`; gives it back
+/// otherwise.
+fn hold_if_moving_here(
+    core: &Core,
+    held: &mut Vec<Held>,
+    stats: &mut MigrationStats,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    segment: PktBuf,
+) -> Option<PktBuf> {
+    let Some(tuple) = segment_tuple(src, dst, segment.data()) else {
+        return Some(segment);
+    };
+    let group = core.shared.owners.group_of(&tuple);
+    if core.shared.owners.owner(group) == (Owner::Moving { to: core.cfg.queue }) {
+        hold(held, stats, group, src, dst, segment);
+        None
+    } else {
+        Some(segment)
+    }
+}
+
 /// A segment that matched no connection of `core` and whose flow group is
 /// not the core's: held when the group is moving here, forwarded to the
 /// group's core otherwise.
@@ -477,29 +532,13 @@ fn steer_away(
     segment: PktBuf,
 ) {
     let me = core.cfg.queue;
-    let d = segment.data();
-    let (Some(sp), Some(dp)) = (d.get(0..2), d.get(2..4)) else {
+    let Some(tuple) = segment_tuple(src, dst, segment.data()) else {
         return;
     };
-    let tuple = FourTuple {
-        local: SocketAddrV4::new(dst, u16::from_be_bytes([dp[0], dp[1]])),
-        remote: SocketAddrV4::new(src, u16::from_be_bytes([sp[0], sp[1]])),
-    };
+    let d = segment.data();
     let group = core.shared.owners.group_of(&tuple);
     match core.shared.owners.owner(group) {
-        Owner::Moving { to } if to == me => {
-            if held.len() < MAX_HELD {
-                stats.held += 1;
-                held.push(Held {
-                    group: group as u16,
-                    src,
-                    dst,
-                    segment,
-                });
-            } else {
-                stats.held_dropped += 1;
-            }
-        }
+        Owner::Moving { to } if to == me => hold(held, stats, group, src, dst, segment),
         owner => {
             stats.forwarded += 1;
             core.shared.post(
@@ -674,12 +713,30 @@ impl<Q: QueuePair> ElasticThread<Q> {
         // 4. RX, adaptive batch
         let n = self.queue.rx_burst(&mut self.rx, core.cfg.batch);
 
-        // 5. protocol processing
+        // 5. protocol processing (while flow groups move here, their
+        // segments wait until the move settles: older ones may still come
+        // through the source)
         let me = core.cfg.queue;
+        let holding = core.shared.has_incoming(me);
         for frame in self.rx.drain(..) {
             if let Some(Delivered::Tcp { src, dst, segment }) =
                 core.iface.receive(now, frame, &core.pool, &mut core.tx)
             {
+                let segment = if holding {
+                    match hold_if_moving_here(
+                        core,
+                        &mut self.held,
+                        &mut self.migration,
+                        src,
+                        dst,
+                        segment,
+                    ) {
+                        Some(segment) => segment,
+                        None => continue,
+                    }
+                } else {
+                    segment
+                };
                 let owners = &core.shared.owners;
                 let away = core.tcp.input_steered(
                     now,

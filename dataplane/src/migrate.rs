@@ -18,8 +18,11 @@
 //! 1. every moving group is marked `Moving { to: B }` in [`FlowOwners`];
 //! 2. the NIC's redirection table is rewritten (the caller's callback:
 //!    memif's shared steering table, DPDK's RETA), so new packets of those
-//!    groups arrive at B. B holds every segment of a moving group that
-//!    matches no connection of its own: the connections are not there yet;
+//!    groups arrive at B, which must not run them before the older ones
+//!    still on their way through A:
+//!    B holds every segment of a moving group — also one of a connection
+//!    it already took over — until the move settles (one atomic load per
+//!    turn tells a core whether any group is moving to it);
 //! 3. A is sent [`Message::MigrateOut`] in its mailbox. Between two turns
 //!    A asks the application for each affected connection's state
 //!    ([`crate::elastic::Handler::migrate_out`]), exports the connections
@@ -35,7 +38,10 @@
 //!    gives the application their state), runs the forwarded segments,
 //!    then on `Settled` marks the groups its own and replays the segments
 //!    it held, in arrival order. Forwarded segments left A before the held
-//!    ones left the peer, so each flow's order is kept.
+//!    ones left the peer, so each flow's order is kept: no segment is
+//!    lost or reordered by a move (a straggler the peer sent before the
+//!    table changed and that reaches A after `Settled` is still forwarded,
+//!    late, and TCP puts it in order).
 //!
 //! A segment of a group a core does not own is always forwarded to the
 //! owner, also after the move settled: a straggler the peer sent long
@@ -52,7 +58,7 @@
 
 use std::any::Any;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +73,7 @@ use crate::tcp::{FourTuple, MovedConn};
 pub const SETTLE_AFTER: Duration = Duration::from_millis(1);
 
 /// Most segments a target core holds for groups moving to it.
-pub const MAX_HELD: usize = 1024;
+pub const MAX_HELD: usize = 4096;
 
 /// Marks an owner entry as moving to the core in the low bits.
 const MOVING: u16 = 0x8000;
@@ -281,6 +287,8 @@ pub struct Shared {
     /// The owner of every flow group.
     pub owners: FlowOwners,
     mailboxes: Box<[SegQueue<Message>]>,
+    /// Per core, how many groups are moving to it.
+    incoming: Box<[AtomicU32]>,
 }
 
 /// Hand-overs the controller waits for.
@@ -333,6 +341,7 @@ impl Shared {
         Arc::new(Shared {
             owners: FlowOwners::new(rss),
             mailboxes: (0..max).map(|_| SegQueue::new()).collect(),
+            incoming: (0..max).map(|_| AtomicU32::new(0)).collect(),
         })
     }
 
@@ -354,6 +363,14 @@ impl Shared {
         self.mailboxes
             .get(usize::from(core))
             .is_some_and(|m| !m.is_empty())
+    }
+
+    /// Whether any flow group is moving to `core` (one atomic load).
+    #[inline]
+    pub(crate) fn has_incoming(&self, core: u16) -> bool {
+        self.incoming
+            .get(usize::from(core))
+            .is_some_and(|n| n.load(Ordering::Acquire) != 0)
     }
 
     pub(crate) fn take_mail(&self, core: u16) -> Option<Message> {
@@ -396,15 +413,17 @@ impl Shared {
             }
         }
         for ((_, to), list) in &by_pair {
+            self.incoming[usize::from(*to)].fetch_add(list.len() as u32, Ordering::AcqRel);
             for &g in list {
                 self.owners.set(usize::from(g), Owner::Moving { to: *to });
             }
         }
         if !update_nic(&self.owners.table()) {
-            for ((from, _), list) in &by_pair {
+            for ((from, to), list) in &by_pair {
                 for &g in list {
                     self.owners.set(usize::from(g), Owner::Core(*from));
                 }
+                self.incoming[usize::from(*to)].fetch_sub(list.len() as u32, Ordering::AcqRel);
             }
             return Err(MigrateError::NicRefused);
         }
@@ -430,10 +449,17 @@ impl Shared {
 
     /// Marks `groups` owned by `core` (the target, when it settles a move).
     pub(crate) fn settle(&self, groups: &[u16], core: u16) {
+        let mut settled = 0;
         for &g in groups {
-            if usize::from(g) < self.owners.groups() {
+            if usize::from(g) < self.owners.groups()
+                && self.owners.owner(usize::from(g)) == (Owner::Moving { to: core })
+            {
                 self.owners.set(usize::from(g), Owner::Core(core));
+                settled += 1;
             }
+        }
+        if let Some(n) = self.incoming.get(usize::from(core)) {
+            n.fetch_sub(settled, Ordering::AcqRel);
         }
     }
 
@@ -513,6 +539,7 @@ mod tests {
         };
         assert_eq!(groups, vec![1]);
         assert!(!shared.has_mail(2));
+        assert!(shared.has_incoming(2) && !shared.has_incoming(1));
         // a second move of a moving group is refused
         assert_eq!(
             shared.migrate(&[(0, 1)], |_| true).unwrap_err(),
@@ -534,6 +561,10 @@ mod tests {
         assert_eq!(pending.reports().len(), 1);
         shared.settle(&[0, 1], 2);
         assert_eq!(shared.owners.groups_of(2), vec![0, 1]);
+        assert!(!shared.has_incoming(2), "nothing moves to core 2 any more");
+        // settling again (a duplicate) changes nothing
+        shared.settle(&[0, 1], 2);
+        assert!(!shared.has_incoming(2));
     }
 
     #[test]
