@@ -41,7 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::buf::{PktBuf, Pool};
-use crate::migrate::{Arrival, HandOver, Message, Owner, Shared, MAX_HELD, SETTLE_AFTER};
+use crate::migrate::{
+    Arrival, Attention, HandOver, Message, Owner, Shared, MAX_HELD, SETTLE_AFTER,
+};
 use crate::net::iface::{Delivered, IfaceConfig, Interface};
 use crate::nic::QueuePair;
 use crate::rss::RssConfig;
@@ -569,6 +571,8 @@ pub struct ElasticThread<Q: QueuePair> {
     outgoing: Vec<Outgoing>,
     held: Vec<Held>,
     migration: MigrationStats,
+    /// The mailbox signal as of the last time the mailbox was read.
+    seen: Attention,
 }
 
 impl<Q: QueuePair> ElasticThread<Q> {
@@ -621,6 +625,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
             outgoing: Vec::new(),
             held: Vec::new(),
             migration: MigrationStats::default(),
+            seen: Attention::default(),
             core,
         }
     }
@@ -659,7 +664,9 @@ impl<Q: QueuePair> ElasticThread<Q> {
                 break;
             }
             self.core.now = now;
-            if !self.outgoing.is_empty() || self.core.shared.has_mail(self.core.cfg.queue) {
+            let attention = self.core.shared.attention(self.core.cfg.queue);
+            if !self.outgoing.is_empty() || attention.has_mail_since(self.seen) {
+                self.seen = attention;
                 self.serve_mail(handler, now);
             }
             // No traffic without a link: the next hand-over may settle.
@@ -694,7 +701,9 @@ impl<Q: QueuePair> ElasticThread<Q> {
         core.apply_releases();
 
         // mail from the controller and the other cores: flow-group moves
-        if !self.outgoing.is_empty() || core.shared.has_mail(core.cfg.queue) {
+        let attention = core.shared.attention(core.cfg.queue);
+        if !self.outgoing.is_empty() || attention.has_mail_since(self.seen) {
+            self.seen = attention;
             self.serve_mail(handler, now);
         }
         let core = &mut self.core;
@@ -717,7 +726,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
         // segments wait until the move settles: older ones may still come
         // through the source)
         let me = core.cfg.queue;
-        let holding = core.shared.has_incoming(me);
+        let holding = attention.has_incoming();
         for frame in self.rx.drain(..) {
             if let Some(Delivered::Tcp { src, dst, segment }) =
                 core.iface.receive(now, frame, &core.pool, &mut core.tx)
@@ -745,7 +754,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
                     segment,
                     &mut core.iface.sender(now, &core.pool, &mut core.tx),
                     &mut self.tcp_events,
-                    &mut |t| owners.is_owned_by(t, me),
+                    |t: &FourTuple| owners.is_owned_by(t, me),
                 );
                 if let Some(segment) = away {
                     steer_away(core, &mut self.held, &mut self.migration, src, dst, segment);
@@ -934,7 +943,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
             segment,
             &mut core.iface.sender(now, &core.pool, &mut core.tx),
             &mut self.tcp_events,
-            &mut |t| owners.owner(owners.group_of(t)).core() == me,
+            |t: &FourTuple| owners.owner(owners.group_of(t)).core() == me,
         );
         if let Some(segment) = away {
             steer_away(core, &mut self.held, &mut self.migration, src, dst, segment);
@@ -960,7 +969,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
                 h.segment,
                 &mut core.iface.sender(now, &core.pool, &mut core.tx),
                 &mut self.tcp_events,
-                &mut |t| owners.is_owned_by(t, me),
+                |t: &FourTuple| owners.is_owned_by(t, me),
             );
             if let Some(segment) = away {
                 steer_away(

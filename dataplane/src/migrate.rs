@@ -58,7 +58,7 @@
 
 use std::any::Any;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -287,8 +287,35 @@ pub struct Shared {
     /// The owner of every flow group.
     pub owners: FlowOwners,
     mailboxes: Box<[SegQueue<Message>]>,
-    /// Per core, how many groups are moving to it.
-    incoming: Box<[AtomicU32]>,
+    signals: Box<[Signal]>,
+}
+
+/// What a core reads once per turn, on a cache line of its own: the
+/// number of groups moving to it (low 32 bits) and a count of the
+/// messages posted to it (high 32 bits, wrapping).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Signal(AtomicU64);
+
+/// One message posted, in a [`Signal`] word.
+const POSTED: u64 = 1 << 32;
+
+/// A core's view of its [`Signal`] at the start of a turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Attention(u64);
+
+impl Attention {
+    /// Whether messages were posted since `seen` (an earlier view).
+    #[inline]
+    pub(crate) fn has_mail_since(self, seen: Attention) -> bool {
+        self.0 >> 32 != seen.0 >> 32
+    }
+
+    /// Whether any flow group is moving to the core.
+    #[inline]
+    pub(crate) fn has_incoming(self) -> bool {
+        self.0 as u32 != 0
+    }
 }
 
 /// Hand-overs the controller waits for.
@@ -341,7 +368,7 @@ impl Shared {
         Arc::new(Shared {
             owners: FlowOwners::new(rss),
             mailboxes: (0..max).map(|_| SegQueue::new()).collect(),
-            incoming: (0..max).map(|_| AtomicU32::new(0)).collect(),
+            signals: (0..max).map(|_| Signal::default()).collect(),
         })
     }
 
@@ -352,25 +379,46 @@ impl Shared {
 
     /// Posts `msg` to `core`'s mailbox (dropped if there is no such core).
     pub fn post(&self, core: u16, msg: Message) {
-        if let Some(m) = self.mailboxes.get(usize::from(core)) {
+        let i = usize::from(core);
+        if let (Some(m), Some(s)) = (self.mailboxes.get(i), self.signals.get(i)) {
             m.push(msg);
+            s.0.fetch_add(POSTED, Ordering::Release);
         }
     }
 
-    /// Whether `core` has mail (one or two atomic loads).
+    /// What `core` should look at this turn (one atomic load).
     #[inline]
-    pub(crate) fn has_mail(&self, core: u16) -> bool {
+    pub(crate) fn attention(&self, core: u16) -> Attention {
+        Attention(
+            self.signals
+                .get(usize::from(core))
+                .map_or(0, |s| s.0.load(Ordering::Acquire)),
+        )
+    }
+
+    /// Whether `core` has mail (for tests).
+    #[cfg(test)]
+    fn has_mail(&self, core: u16) -> bool {
         self.mailboxes
             .get(usize::from(core))
             .is_some_and(|m| !m.is_empty())
     }
 
-    /// Whether any flow group is moving to `core` (one atomic load).
-    #[inline]
-    pub(crate) fn has_incoming(&self, core: u16) -> bool {
-        self.incoming
-            .get(usize::from(core))
-            .is_some_and(|n| n.load(Ordering::Acquire) != 0)
+    /// Whether any flow group is moving to `core`.
+    pub fn has_incoming(&self, core: u16) -> bool {
+        self.attention(core).has_incoming()
+    }
+
+    fn add_incoming(&self, core: u16, n: usize) {
+        self.signals[usize::from(core)]
+            .0
+            .fetch_add(n as u64, Ordering::AcqRel);
+    }
+
+    fn sub_incoming(&self, core: u16, n: usize) {
+        self.signals[usize::from(core)]
+            .0
+            .fetch_sub(n as u64, Ordering::AcqRel);
     }
 
     pub(crate) fn take_mail(&self, core: u16) -> Option<Message> {
@@ -413,7 +461,7 @@ impl Shared {
             }
         }
         for ((_, to), list) in &by_pair {
-            self.incoming[usize::from(*to)].fetch_add(list.len() as u32, Ordering::AcqRel);
+            self.add_incoming(*to, list.len());
             for &g in list {
                 self.owners.set(usize::from(g), Owner::Moving { to: *to });
             }
@@ -423,7 +471,7 @@ impl Shared {
                 for &g in list {
                     self.owners.set(usize::from(g), Owner::Core(*from));
                 }
-                self.incoming[usize::from(*to)].fetch_sub(list.len() as u32, Ordering::AcqRel);
+                self.sub_incoming(*to, list.len());
             }
             return Err(MigrateError::NicRefused);
         }
@@ -458,8 +506,8 @@ impl Shared {
                 settled += 1;
             }
         }
-        if let Some(n) = self.incoming.get(usize::from(core)) {
-            n.fetch_sub(settled, Ordering::AcqRel);
+        if usize::from(core) < self.signals.len() {
+            self.sub_incoming(core, settled);
         }
     }
 

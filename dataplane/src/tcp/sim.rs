@@ -472,7 +472,7 @@ impl Sim {
                 b,
                 &mut n.cap,
                 &mut n.ev[core],
-                &mut |t| owner[group_of(id, t)] == core,
+                |t: &FourTuple| owner[group_of(id, t)] == core,
             );
             if seg.is_some() {
                 self.forwarded += 1;

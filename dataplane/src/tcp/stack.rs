@@ -411,6 +411,7 @@ impl TcpStack {
     /// is the same as `input`'s. Malformed segments are dropped and
     /// counted here as by `input`.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn input_steered(
         &mut self,
         now: Instant,
@@ -419,7 +420,7 @@ impl TcpStack {
         segment: PktBuf,
         tx: &mut dyn IpSender,
         events: &mut Vec<TcpEvent>,
-        mine: &mut dyn FnMut(&FourTuple) -> bool,
+        mine: impl FnMut(&FourTuple) -> bool,
     ) -> Option<PktBuf> {
         self.input_with(now, src, dst, segment, tx, events, mine)
     }

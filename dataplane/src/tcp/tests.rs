@@ -2134,10 +2134,18 @@ fn exported_handle_is_stale_and_its_segments_steer_away() {
     assert!(seg.extend_from_slice(&bytes));
     let mut asked = Vec::new();
     let back =
-        t.s.input_steered(t.now, PEER, US, seg, &mut t.wire, &mut t.ev, &mut |tu| {
-            asked.push(*tu);
-            false
-        })
+        t.s.input_steered(
+            t.now,
+            PEER,
+            US,
+            seg,
+            &mut t.wire,
+            &mut t.ev,
+            |tu: &FourTuple| {
+                asked.push(*tu);
+                false
+            },
+        )
         .expect("handed back");
     assert_eq!(back.data(), &bytes[..]);
     assert_eq!(asked, [tuple()]);
@@ -2145,8 +2153,15 @@ fn exported_handle_is_stale_and_its_segments_steer_away() {
     t.flush();
     assert!(t.out().is_empty() && t.events().is_empty());
     // ...and answered by RST, as before, when it is ours.
-    let back =
-        t.s.input_steered(t.now, PEER, US, back, &mut t.wire, &mut t.ev, &mut |_| true);
+    let back = t.s.input_steered(
+        t.now,
+        PEER,
+        US,
+        back,
+        &mut t.wire,
+        &mut t.ev,
+        |_: &FourTuple| true,
+    );
     assert!(back.is_none());
     let rst = t.one_out();
     assert!(rst.has(RST));
@@ -2190,11 +2205,18 @@ fn segment_of_a_live_connection_is_never_steered_away() {
     let mut seg = t.pool.alloc().unwrap();
     assert!(seg.extend_from_slice(&bytes));
     let mut asked = false;
-    let back =
-        t.s.input_steered(t.now, PEER, US, seg, &mut t.wire, &mut t.ev, &mut |_| {
+    let back = t.s.input_steered(
+        t.now,
+        PEER,
+        US,
+        seg,
+        &mut t.wire,
+        &mut t.ev,
+        |_: &FourTuple| {
             asked = true;
             false
-        });
+        },
+    );
     assert!(
         back.is_none() && !asked,
         "the lookup hit: mine is not asked"
