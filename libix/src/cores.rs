@@ -89,18 +89,23 @@ pub(crate) struct Cores {
     shared: Arc<Shared>,
     counters: Vec<Arc<CoreCounters>>,
     stop: Arc<AtomicBool>,
+    /// The application moves its connections between cores
+    /// ([`crate::App::MIGRATES`]).
+    migrates: bool,
     state: Mutex<State>,
 }
 
 impl Cores {
     /// Starts one core per entry of `cpus`, with `pools` (one per core, or
     /// none: each core makes its own).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         spawn: Box<SpawnCore>,
         set_table: Box<SetTable>,
         shared: Arc<Shared>,
         counters: Vec<Arc<CoreCounters>>,
         stop: Arc<AtomicBool>,
+        migrates: bool,
         cpus: &[Option<usize>],
         pools: Vec<Option<PoolMem>>,
     ) -> Result<Cores, IxError> {
@@ -110,6 +115,7 @@ impl Cores {
             shared,
             counters,
             stop,
+            migrates,
             state: Mutex::new(State {
                 active: 0,
                 slots: Vec::new(),
@@ -138,6 +144,7 @@ impl Cores {
             shared: Shared::new(&RssConfig::round_robin(1, 8), 1),
             counters: Vec::new(),
             stop,
+            migrates: true,
             state: Mutex::new(State {
                 active: 0,
                 slots: Vec::new(),
@@ -199,6 +206,13 @@ impl Cores {
         let mut st = self.lock();
         if st.closed || self.stop.load(Ordering::Relaxed) {
             return Err(IxError::Resize("the dataplane is stopping".into()));
+        }
+        if !self.migrates {
+            return Err(IxError::Resize(
+                "the application does not move its connections between cores \
+                 (App::MIGRATES is false)"
+                    .into(),
+            ));
         }
         let (old, new) = (st.active, cpus.len());
         let max = usize::from(self.shared.max_cores());

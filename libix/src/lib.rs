@@ -216,6 +216,14 @@ impl Cx<'_> {
 /// An application: handlers for the dataplane's events. One instance runs
 /// per core; all methods of an instance run on that core.
 pub trait App {
+    /// Whether the application's connections may move between cores
+    /// while the dataplane runs ([`Dataplane::resize`], `ixctl cores`, the
+    /// load policy): say `true` once [`App::migrate_out`] and
+    /// [`App::migrate_in`] carry everything it keeps per connection.
+    /// Resizing a dataplane whose application says `false` (the default)
+    /// is refused.
+    const MIGRATES: bool = false;
+
     /// Called once when the core starts: listen, connect, arm timers.
     fn start(&mut self, cx: &mut Cx) {
         let _ = cx;

@@ -1100,6 +1100,7 @@ impl Dataplane {
             shared,
             counters,
             stop.clone(),
+            A::MIGRATES,
             &cfg.cores,
             pools,
         )?;
@@ -1146,7 +1147,9 @@ impl Dataplane {
     /// the fewest moves. Returns once the moves settled and removed cores'
     /// threads ended. Connections and bytes in flight are kept (see
     /// `dataplane::migrate`); applications keep per-connection state
-    /// across the move with [`App::migrate_out`] / [`App::migrate_in`].
+    /// across the move with [`App::migrate_out`] / [`App::migrate_in`],
+    /// and a dataplane whose application does not ([`App::MIGRATES`]) is
+    /// not resized.
     pub fn resize(&self, cpus: &[Option<usize>]) -> Result<usize, IxError> {
         self.cores.resize(cpus, Vec::new(), None)
     }

@@ -110,6 +110,8 @@ impl EchoServer {
 }
 
 impl App for EchoServer {
+    const MIGRATES: bool = true;
+
     fn start(&mut self, cx: &mut Cx) {
         if let Err(e) = cx.listen(self.port) {
             log::error!("echo server cannot listen on port {}: {e}", self.port);

@@ -352,3 +352,23 @@ fn ixkvs_sessions_move_with_their_connections_while_cores_come_and_go() {
     );
     assert!(t.rounds > 500, "only {} rounds", t.rounds);
 }
+
+/// An application that keeps nothing it could hand over.
+struct Unmovable;
+
+impl App for Unmovable {
+    fn recv(&mut self, _cx: &mut Cx, _conn: Conn, _data: RxBuf) {}
+}
+
+#[test]
+fn a_dataplane_whose_application_cannot_move_connections_is_not_resized() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::memif_master(dir.path().join("plain.sock"), SERVER_IP.into());
+    cfg.max_cores = Some(2);
+    let dp = Dataplane::start(cfg, |_| Unmovable).expect("starts");
+    let err = dp.resize(&[None, None]).unwrap_err().to_string();
+    assert!(err.contains("MIGRATES"), "{err}");
+    assert_eq!(dp.cores(), 1);
+    dp.stop();
+    dp.join().expect("ran");
+}

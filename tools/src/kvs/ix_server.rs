@@ -194,6 +194,8 @@ fn flush(cx: &mut Cx, c: &mut Connection, kvs: &Kvs, worker: usize, now: RelTime
 }
 
 impl App for IxKvs {
+    const MIGRATES: bool = true;
+
     fn start(&mut self, cx: &mut Cx) {
         if let Err(e) = cx.listen(self.port) {
             log::error!("kvs: cannot listen on port {}: {e}", self.port);
