@@ -298,6 +298,8 @@ fn a_refused_resize_is_rolled_back_and_a_concurrent_one_is_busy() {
         "{err}"
     );
     assert_eq!(site.held("echo"), (vec![0], 3));
+    // The refused command was seen; the next one seen is the silent one.
+    fake.next(Duration::from_secs(1));
 
     // A silent dataplane: the resize waits; others are served, and a
     // second resize of it is busy.
@@ -305,7 +307,7 @@ fn a_refused_resize_is_rolled_back_and_a_concurrent_one_is_busy() {
     let path = site.path.clone();
     let started = Instant::now();
     let waiting = std::thread::spawn(move || Client::connect(&path).unwrap().cores("echo", 3));
-    fake.next(Duration::from_secs(1));
+    fake.next(Duration::from_secs(4));
     let t = Instant::now();
     site.client().status().unwrap();
     assert!(t.elapsed() < Duration::from_secs(1), "status waited");
