@@ -579,7 +579,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
     /// Builds the thread's state around an opened queue pair, as the only
     /// core of its dataplane (flow-group owners from `cfg.rss`).
     pub fn new(cfg: CoreConfig, queue: Q, counters: Arc<CoreCounters>) -> Self {
-        let shared = Shared::new(&cfg.rss, cfg.queue + 1);
+        let shared = Shared::new(&cfg.rss, cfg.queue + 1, true);
         Self::with_shared(cfg, queue, counters, shared)
     }
 

@@ -100,6 +100,9 @@ pub enum MigrateError {
     /// The group is still moving from an earlier request.
     #[error("flow group {0} is still moving")]
     StillMoving(u16),
+    /// The NIC does not steer by the flow-group table.
+    #[error("the port does not steer flows by a redirection table (no receive-side scaling): flow groups cannot move between its queues")]
+    NotSteered,
     /// The NIC refused the new redirection table; nothing moved.
     #[error("the NIC refused the new redirection table")]
     NicRefused,
@@ -149,15 +152,27 @@ impl Owner {
 pub struct FlowOwners {
     key: [u8; RSS_KEY_LEN],
     owner: Box<[AtomicU16]>,
+    /// The NIC steers by this table. When it does not (a device without
+    /// receive-side scaling, whose queue *k* gets what the peer sends on
+    /// its queue *k*), each core takes what arrives on its queue: every
+    /// flow counts as the core's own, and groups cannot move.
+    steered: bool,
 }
 
 impl FlowOwners {
-    /// The table of `rss` (group → queue = core), with its key.
-    pub fn new(rss: &RssConfig) -> FlowOwners {
+    /// The table of `rss` (group → queue = core), with its key; `steered`:
+    /// whether the NIC steers by it (see [`FlowOwners::is_steered`]).
+    pub fn new(rss: &RssConfig, steered: bool) -> FlowOwners {
         FlowOwners {
             key: rss.key,
             owner: rss.reta.iter().map(|&q| AtomicU16::new(q)).collect(),
+            steered,
         }
+    }
+
+    /// Whether the NIC steers flows by this table (so groups can move).
+    pub fn is_steered(&self) -> bool {
+        self.steered
     }
 
     /// Number of flow groups.
@@ -182,9 +197,11 @@ impl FlowOwners {
         Owner::decode(self.owner[group].load(Ordering::Acquire))
     }
 
-    /// Whether `core` owns the connection's flow group outright.
+    /// Whether `core` owns the connection's flow group outright (always,
+    /// when the NIC does not steer by the table).
+    #[inline]
     pub fn is_owned_by(&self, tuple: &FourTuple, core: u16) -> bool {
-        self.owner(self.group_of(tuple)) == Owner::Core(core)
+        !self.steered || self.owner(self.group_of(tuple)) == Owner::Core(core)
     }
 
     /// The table the NIC steers by: each group's owner, or the target of
@@ -359,14 +376,14 @@ impl Pending {
 }
 
 impl Shared {
-    /// The shared state of a dataplane steered by `rss` whose port has
-    /// `max_cores` queues.
-    pub fn new(rss: &RssConfig, max_cores: u16) -> Arc<Shared> {
+    /// The shared state of a dataplane whose port has `max_cores` queues
+    /// and steers by `rss` (`steered`; see [`FlowOwners::is_steered`]).
+    pub fn new(rss: &RssConfig, max_cores: u16, steered: bool) -> Arc<Shared> {
         let max = max_cores
             .max(1)
             .max(rss.reta.iter().max().map_or(0, |m| m + 1));
         Arc::new(Shared {
-            owners: FlowOwners::new(rss),
+            owners: FlowOwners::new(rss, steered),
             mailboxes: (0..max).map(|_| SegQueue::new()).collect(),
             signals: (0..max).map(|_| Signal::default()).collect(),
         })
@@ -436,6 +453,9 @@ impl Shared {
         moves: &[(u16, u16)],
         update_nic: impl FnOnce(&[u16]) -> bool,
     ) -> Result<Pending, MigrateError> {
+        if !self.owners.is_steered() && !moves.is_empty() {
+            return Err(MigrateError::NotSteered);
+        }
         let groups = self.owners.groups();
         let mut by_pair: Vec<((u16, u16), Vec<u16>)> = Vec::new();
         for &(g, to) in moves {
@@ -547,7 +567,7 @@ mod tests {
     #[test]
     fn owners_start_as_the_redirection_table_and_hash_like_the_nic() {
         let rss = RssConfig::round_robin(2, 128);
-        let shared = Shared::new(&rss, 4);
+        let shared = Shared::new(&rss, 4, true);
         assert_eq!(shared.max_cores(), 4);
         assert_eq!(shared.owners.table(), rss.reta);
         for port in 1000..1100 {
@@ -565,7 +585,7 @@ mod tests {
 
     #[test]
     fn migrate_marks_groups_moving_rewrites_the_table_and_asks_the_sources() {
-        let shared = Shared::new(&RssConfig::round_robin(2, 8), 3);
+        let shared = Shared::new(&RssConfig::round_robin(2, 8), 3, true);
         let mut nic = Vec::new();
         let pending = shared
             .migrate(&[(0, 2), (1, 2), (3, 1), (2, 0)], |t| {
@@ -617,7 +637,7 @@ mod tests {
 
     #[test]
     fn bad_moves_are_refused_before_anything_changes() {
-        let shared = Shared::new(&RssConfig::round_robin(1, 4), 2);
+        let shared = Shared::new(&RssConfig::round_robin(1, 4), 2, true);
         let before = shared.owners.table();
         assert_eq!(
             shared.migrate(&[(0, 1), (9, 1)], |_| true).unwrap_err(),
@@ -638,5 +658,14 @@ mod tests {
         assert_eq!(shared.owners.table(), before);
         assert!(!shared.has_mail(0));
         assert_eq!(shared.moves_to(&[1, 0, 1, 0]), vec![(0, 1), (2, 1)]);
+        let unsteered = Shared::new(&RssConfig::round_robin(2, 4), 2, false);
+        assert!(
+            unsteered.owners.is_owned_by(&tuple(1), 0)
+                && unsteered.owners.is_owned_by(&tuple(1), 1)
+        );
+        assert_eq!(
+            unsteered.migrate(&[(0, 1)], |_| true).unwrap_err(),
+            MigrateError::NotSteered
+        );
     }
 }

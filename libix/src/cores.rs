@@ -141,7 +141,7 @@ impl Cores {
         Cores {
             spawn: Box::new(|_, _, _, _| Err(IxError::Resize("no cores here".into()))),
             set_table: Box::new(|_| Ok(())),
-            shared: Shared::new(&RssConfig::round_robin(1, 8), 1),
+            shared: Shared::new(&RssConfig::round_robin(1, 8), 1, true),
             counters: Vec::new(),
             stop,
             migrates: true,
@@ -212,6 +212,11 @@ impl Cores {
                 "the application does not move its connections between cores \
                  (App::MIGRATES is false)"
                     .into(),
+            ));
+        }
+        if !self.shared.owners.is_steered() {
+            return Err(IxError::Resize(
+                dataplane::migrate::MigrateError::NotSteered.to_string(),
             ));
         }
         let (old, new) = (st.active, cpus.len());

@@ -661,6 +661,16 @@ enum Port {
 }
 
 impl Port {
+    /// Whether the port steers incoming flows by the redirection table.
+    fn steers(&self) -> bool {
+        match self {
+            Port::Memif(p) => matches!(p.config().steering, Steering::Rss(_)),
+            Port::AfPacket(_) => false,
+            #[cfg(feature = "dpdk")]
+            Port::Dpdk(p) => p.rss_offloaded(),
+        }
+    }
+
     /// Rewrites the redirection table the port steers by (flow group →
     /// queue).
     fn set_table(&self, table: &[u16]) -> Result<(), IxError> {
@@ -1032,7 +1042,11 @@ impl Dataplane {
             }
         };
         let port = Arc::new(port);
-        let shared = Shared::new(&rss, queues);
+        // Only a port that steers by the table lets flow groups move; on
+        // one that does not (a DPDK device without RSS), each core takes
+        // what its queue gets, as the peer sent it.
+        let steered = queues == 1 || port.steers();
+        let shared = Shared::new(&rss, queues, steered);
         let counters: Vec<Arc<CoreCounters>> = (0..queues).map(|_| Arc::default()).collect();
         let (opened_tx, opened_rx) = mpsc::channel();
         // Cores started with the dataplane say when their queue is open;
