@@ -51,6 +51,9 @@ Examples:
       ix and linux side by side: 16 connections, 64-byte messages, 5 s
   ixctl bench echo --system linux --connections 1 --duration 10 --json
       the Linux baseline alone, one connection, as JSON
+  ixctl bench echo --nic dpdk
+      adds the ix_dpdk row (our stack over a DPDK net_memif pair) beside ix
+      (ixctl and ix-echo built with --features ix-tools/dpdk)
   ixctl bench kvs --quick
       the KVS benchmark: ix, linux and memcached under ETC load (< 2 min)
 
@@ -302,6 +305,21 @@ struct EchoArgs {
         value_delimiter = ','
     )]
     systems: Vec<System>,
+    /// NIC backends of our stack's rows: `memif`, the native memif only
+    /// (the `ix` row); `dpdk` adds the `ix_dpdk` row, the same over a DPDK
+    /// net_memif pair, right after `ix` (needs ixctl and ix-echo built
+    /// with `--features ix-tools/dpdk`).
+    #[arg(long, value_name = "NIC", value_enum, default_value_t = NicArg::Memif)]
+    nic: NicArg,
+}
+
+/// `bench echo --nic`: which NIC backends our stack's rows use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NicArg {
+    /// The native memif (the `ix` row).
+    Memif,
+    /// The native memif and DPDK (the `ix` and `ix_dpdk` rows).
+    Dpdk,
 }
 
 /// A system a benchmark can run on; its name is the report row and JSON key.
@@ -450,6 +468,9 @@ pub enum UsageError {
     /// The working directory cannot be read.
     #[error("cannot read the current directory: {0}")]
     Cwd(String),
+    /// `--nic dpdk` asked of an ixctl built without DPDK.
+    #[error("--nic dpdk: this ixctl was built without DPDK — rebuild with `cargo build --release --features ix-tools/dpdk`")]
+    NoDpdk,
     /// A count is outside the accepted range.
     #[error("--{flag} must be between {min} and {max}, got {value}")]
     Count {
@@ -640,6 +661,9 @@ fn validate_echo(args: EchoArgs) -> Result<BenchEcho, UsageError> {
     if systems.is_empty() {
         systems = vec![System::Ix, System::Linux];
     }
+    if args.nic == NicArg::Dpdk {
+        with_dpdk_row(&mut systems)?;
+    }
     Ok(BenchEcho {
         params: EchoParams {
             duration,
@@ -652,6 +676,26 @@ fn validate_echo(args: EchoArgs) -> Result<BenchEcho, UsageError> {
         systems,
         json: args.json,
     })
+}
+
+/// `--nic dpdk`: the `ix_dpdk` row right after `ix` (at the end when `ix`
+/// is not asked for), unless it is there already.
+#[cfg(feature = "dpdk")]
+fn with_dpdk_row(systems: &mut Vec<System>) -> Result<(), UsageError> {
+    if !systems.contains(&System::IxDpdk) {
+        let at = systems
+            .iter()
+            .position(|&s| s == System::Ix)
+            .map_or(systems.len(), |i| i + 1);
+        systems.insert(at, System::IxDpdk);
+    }
+    Ok(())
+}
+
+/// `--nic dpdk` without the `dpdk` feature: there is no `ix_dpdk` row.
+#[cfg(not(feature = "dpdk"))]
+fn with_dpdk_row(_systems: &mut Vec<System>) -> Result<(), UsageError> {
+    Err(UsageError::NoDpdk)
 }
 
 /// The one place `bench kvs` options are checked and turned into values.
@@ -956,6 +1000,52 @@ mod tests {
         assert_eq!((e.params.connections, e.params.message_size), (1, 1024));
         assert_eq!(e.systems, [System::Linux]);
         assert!(e.json);
+    }
+
+    #[test]
+    fn nic_memif_is_the_default_and_adds_no_row() {
+        let e = echo(&["--nic", "memif"]).unwrap();
+        assert_eq!(e.systems, [System::Ix, System::Linux]);
+        assert_eq!(e, echo(&[]).unwrap());
+        let text = message(&["--nic", "tap"]);
+        assert!(
+            text.contains("invalid value 'tap'") && text.contains("--nic <NIC>"),
+            "{text}"
+        );
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn nic_dpdk_puts_the_dpdk_row_right_after_ix() {
+        let rows = |args: &[&str]| echo(args).unwrap().systems;
+        assert_eq!(
+            rows(&["--nic", "dpdk"]),
+            [System::Ix, System::IxDpdk, System::Linux]
+        );
+        assert_eq!(
+            rows(&["--system", "linux,ix", "--nic", "dpdk"]),
+            [System::Linux, System::Ix, System::IxDpdk]
+        );
+        assert_eq!(
+            rows(&["--system", "linux", "--nic", "dpdk"]),
+            [System::Linux, System::IxDpdk]
+        );
+        assert_eq!(
+            rows(&["--system", "ix_dpdk,ix", "--nic", "dpdk"]),
+            [System::IxDpdk, System::Ix]
+        );
+        // The row can still be chosen on its own.
+        assert_eq!(rows(&["--system", "ix_dpdk"]), [System::IxDpdk]);
+    }
+
+    #[cfg(not(feature = "dpdk"))]
+    #[test]
+    fn nic_dpdk_without_the_feature_says_how_to_build() {
+        let err = echo(&["--nic", "dpdk"]).unwrap_err();
+        assert!(!err.is_help());
+        let text = err.to_string();
+        assert!(text.contains("--features ix-tools/dpdk"), "{text}");
+        assert!(!text.contains('\n'), "{text:?}");
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //! `ix-echo server` on it; the echo client connects from this process over
 //! its own DPDK port.
 //!
+//! `ixctl bench echo` runs the `ix_dpdk` row alone (`--system ix_dpdk`)
+//! and beside the native memif row (`--nic dpdk`).
+//!
 //! Built only with `--features dpdk`.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -316,18 +319,13 @@ fn ixcpd_lists_a_dpdk_port_and_launches_an_echo_server_on_it() {
     run_client(cfg, Ipv4Addr::new(10, 9, 2, 1), &|| d.logs("echo"));
 }
 
-#[test]
-fn bench_echo_has_an_ix_dpdk_row() {
-    if std::env::var_os(SERVE_ENV).is_some() {
-        return; // a server child of another test runs only that test
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// `ixctl bench echo` with `args`, short runs of 4 connections, as JSON;
+/// checks that each of `rows` ran without errors.
+fn bench_echo(args: &[&str], rows: &[&str]) -> Value {
     let out = Command::new(IXCTL)
+        .args(["bench", "echo"])
+        .args(args)
         .args([
-            "bench",
-            "echo",
-            "--system",
-            "ix_dpdk",
             "--duration",
             "0.5",
             "--warmup",
@@ -342,8 +340,31 @@ fn bench_echo_has_an_ix_dpdk_row() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = &v["ix_dpdk"];
-    assert!(row["error"].is_null(), "{v}\n{stderr}");
-    assert!(row["rps"].as_f64().unwrap() > 0.0, "{v}");
-    assert_eq!(row["errors"], 0, "{v}");
+    for name in rows {
+        let row = &v[name];
+        assert!(row["error"].is_null(), "{name}: {v}\n{stderr}");
+        assert!(row["rps"].as_f64().unwrap() > 0.0, "{name}: {v}");
+        assert_eq!(row["errors"], 0, "{name}: {v}");
+    }
+    v
+}
+
+#[test]
+fn bench_echo_has_an_ix_dpdk_row() {
+    if std::env::var_os(SERVE_ENV).is_some() {
+        return; // a server child of another test runs only that test
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let v = bench_echo(&["--system", "ix_dpdk"], &["ix_dpdk"]);
+    assert!(v["ix"].is_null(), "only the row asked for: {v}");
+}
+
+#[test]
+fn bench_echo_nic_dpdk_runs_the_memif_and_dpdk_rows_in_one_run() {
+    if std::env::var_os(SERVE_ENV).is_some() {
+        return; // a server child of another test runs only that test
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let v = bench_echo(&["--system", "ix", "--nic", "dpdk"], &["ix", "ix_dpdk"]);
+    assert!(v["linux"].is_null(), "{v}");
 }
