@@ -56,6 +56,9 @@ use crate::txbuf::TxBuf;
 /// Default bound on the RX batch (IX's B).
 pub const DEFAULT_BATCH: usize = 64;
 
+/// First local port of outgoing connections (as Linux's default range).
+const EPHEMERAL_FIRST: u16 = 32768;
+
 /// Configuration of one elastic thread.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -254,13 +257,19 @@ impl Core {
     }
 
     /// Opens a connection to `remote`, choosing a local port whose flow
-    /// hashes back to a flow group this core owns.
+    /// hashes back to a flow group this core owns. Ports are tried in
+    /// order from a random start (RFC 6056, algorithm 1's effect): a
+    /// restarted program does not reuse the 4-tuples of connections its
+    /// peer may still hold.
     pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, CallError> {
-        const FIRST: u16 = 32768;
         let local_ip = self.cfg.iface.ip;
-        for _ in 0..(u16::MAX - FIRST) {
+        for _ in 0..(u16::MAX - EPHEMERAL_FIRST) {
             let port = self.next_port;
-            self.next_port = if port == u16::MAX { FIRST } else { port + 1 };
+            self.next_port = if port == u16::MAX {
+                EPHEMERAL_FIRST
+            } else {
+                port + 1
+            };
             let tuple = FourTuple {
                 local: SocketAddrV4::new(local_ip, port),
                 remote,
@@ -604,7 +613,7 @@ impl<Q: QueuePair> ElasticThread<Q> {
             }),
             late_events: Vec::with_capacity(4 * batch),
             tx: Vec::with_capacity(4 * batch + 64),
-            next_port: 32768 + cfg.queue * 7,
+            next_port: EPHEMERAL_FIRST + rand::random::<u16>() % (u16::MAX - EPHEMERAL_FIRST),
             stop: false,
             shared,
             now,
